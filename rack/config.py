@@ -1,0 +1,75 @@
+"""Settings: read once from `RACK_*` environment variables into one typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from rack.errors import RackError
+
+GiB = 1024**3
+
+
+class ConfigError(RackError):
+    """A setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the API, the worker and the CLI-side tools need to know about this rack."""
+
+    password: str = field(repr=False)
+    database_url: str = field(default="postgresql://rack@127.0.0.1:5432/rack", repr=False)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""
+    storage: str = "file:///var/lib/rack/objects"
+    s3_endpoint_url: str = ""
+    registry: str = "127.0.0.1:5000"
+    registry_username: str = ""
+    registry_password: str = field(default="", repr=False)
+    docker_host: str = "unix:///var/run/docker.sock"
+    name: str = "rack"
+    max_upload_bytes: int = 2 * GiB
+    build_timeout: int = 1800
+    heartbeat_interval: int = 10
+    heartbeat_timeout: int = 60
+    queue_expiry: int = 3600
+    extract_max_bytes: int = 8 * GiB
+    extract_max_entries: int = 200_000
+    manifest_max_bytes: int = 1024 * 1024
+    build_memory: int = 0
+    build_cpus: float = 0.0
+    log_stream_ttl: int = 3600
+
+    @property
+    def celery_broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+def _coerce(name: str, kind: type, raw: str):
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"RACK_{name.upper()} must be a whole number, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"RACK_{name.upper()} must be a number, got {raw!r}") from None
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """Build the settings from `RACK_<NAME>` variables; `overrides` win over the environment."""
+    env = os.environ if env is None else env
+    values: dict = {}
+    for f in fields(Settings):
+        raw = env.get(f"RACK_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, type(f.default), raw)
+    values.update(overrides)
+    if not values.get("password"):
+        raise ConfigError("RACK_PASSWORD is required: set it to the password clients log in with")
+    return Settings(**values)

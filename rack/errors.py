@@ -1,0 +1,77 @@
+"""Domain errors, each with the HTTP status the API answers with."""
+
+from __future__ import annotations
+
+
+class RackError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(RackError):
+    """The request is malformed (bad parameter, bad key, bad name)."""
+
+    status = 400
+
+
+class Unauthorized(RackError):
+    status = 401
+
+
+class Forbidden(RackError):
+    status = 403
+
+
+class NotFound(RackError):
+    status = 404
+
+
+class Conflict(RackError):
+    status = 409
+
+
+class TooLarge(RackError):
+    status = 413
+
+
+class Unprocessable(RackError):
+    """The request is well formed but its content cannot be used (e.g. a bad manifest)."""
+
+    status = 422
+
+
+class Unavailable(RackError):
+    """A backing service (Postgres, Redis, the object store) cannot be reached right now."""
+
+    status = 503
+
+
+class BuildError(RackError):
+    """A build failed; `code` is stable (e.g. `build:user:dockerfile`), the message is for a person."""
+
+    kind = "app"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class BuildUserError(BuildError):
+    """The build failed by the user's doing: bad manifest, bad Dockerfile, failing RUN step."""
+
+    kind = "user"
+
+
+class BuildPlatformError(BuildError):
+    """The build failed by the rack's doing: registry or engine down, disk full."""
+
+    kind = "platform"
