@@ -1,0 +1,1 @@
+"""The `convox` command: a thin HTTP client of the rack API."""

@@ -1,0 +1,69 @@
+"""HTTP calls to the rack with the password, turning API errors into one readable line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import requests
+
+from cli.settings import Endpoint, current
+
+
+class RackClient:
+    """A session against one rack endpoint."""
+
+    def __init__(self, endpoint: Endpoint | None = None, *, timeout: float = 60) -> None:
+        self.endpoint = endpoint or current()
+        self.session = requests.Session()
+        self.session.auth = ("convox", self.endpoint.password)
+        self.session.headers["User-Agent"] = "rack-convox/3.0.0"
+        self.timeout = timeout
+
+    def url(self, path: str) -> str:
+        return self.endpoint.url + path
+
+    def request(self, method: str, path: str, *, expect_json: bool = True, **kw) -> Any:
+        kw.setdefault("timeout", self.timeout)
+        try:
+            resp = self.session.request(method, self.url(path), **kw)
+        except requests.ConnectionError as exc:
+            raise click.ClickException(
+                f"cannot reach the rack at {self.endpoint.url}: {_short(exc)}"
+            ) from None
+        except requests.Timeout:
+            raise click.ClickException(f"the rack at {self.endpoint.url} did not answer in time") from None
+        check(resp)
+        if not expect_json:
+            return resp
+        return resp.json() if resp.content else None
+
+    def get(self, path: str, **kw) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw) -> Any:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw) -> Any:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw) -> Any:
+        return self.request("DELETE", path, expect_json=False, **kw)
+
+
+def check(resp: requests.Response) -> None:
+    """Raise a one-line ClickException for an error answer."""
+    if resp.status_code < 400:
+        return
+    try:
+        message = resp.json().get("error") or resp.text
+    except ValueError:
+        message = resp.text.strip() or resp.reason
+    if resp.status_code == 401:
+        message = f"{message} (check the rack password: `convox login`)"
+    raise click.ClickException(message.strip())
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "…"

@@ -1,0 +1,154 @@
+"""Builds: record a request, hand it to a worker, report on it."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlparse
+
+from rack import apps, objects
+from rack.context import Rack
+from rack.errors import Invalid, NotFound, Unavailable
+from rack.ids import check_id, new_id
+from rack.sql import builds as sql
+from rack.timefmt import parse_convox, rfc3339
+
+STATUSES = ("created", "running", "complete", "failed")
+FINAL = ("complete", "failed")
+ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def serialize(row: dict) -> dict:
+    """Shape a build row as Convox's Build JSON, plus this rack's added fields."""
+    return {
+        "id": row["id"],
+        "app": row["app"],
+        "description": row["description"],
+        "entrypoint": row["entrypoint"],
+        "git-sha": row["git_sha"],
+        "logs": row["logs"],
+        "manifest": row["manifest"],
+        "process": row["process"],
+        "release": row["release"],
+        "reason": row["reason"],
+        "repository": row["repository"],
+        "status": row["status"],
+        "started": rfc3339(row["started"]),
+        "ended": rfc3339(row["ended"]) if row["ended"] else rfc3339(None),
+        "images": row["images"],
+    }
+
+
+def parse_build_args(values: list[str]) -> list[str]:
+    """Check `K=V` (or bare `K`) build args; values may hold anything, names may not."""
+    out = []
+    for item in values:
+        if not item:
+            continue
+        name = item.split("=", 1)[0]
+        if not ARG_NAME.match(name):
+            raise Invalid(
+                f"invalid build arg {item!r}: expected NAME=VALUE with NAME like [A-Za-z_][A-Za-z0-9_]*"
+            )
+        out.append(item)
+    return out
+
+
+def check_source(rack: Rack, app: str, url: str) -> str:
+    """Accept an `object://` URL of an existing object of this app, or a git URL."""
+    if not url:
+        raise Invalid("url is required: upload the source as an object and pass object://<app>/<key>")
+    if url.startswith("object://"):
+        src_app, key = objects.parse_url(url)
+        if src_app != app:
+            raise Invalid(f"source {url} belongs to another app: upload it to app {app}")
+        if not rack.store.exists(f"{app}/{key}"):
+            raise NotFound(f"source object not found: {url}")
+        return objects.url(app, key)
+    parsed = urlparse(url)
+    if parsed.scheme in ("https", "http", "git", "ssh", "file") and parsed.path:
+        return url
+    raise Invalid(
+        f"unsupported source url {url!r}: use object://<app>/<key> or a git URL like https://host/repo.git#ref"
+    )
+
+
+def create(
+    rack: Rack,
+    app: str,
+    *,
+    url: str,
+    build_args: list[str] | None = None,
+    description: str = "",
+    manifest: str = "",
+    no_cache: bool = False,
+    development: bool = False,
+    git_sha: str = "",
+) -> dict:
+    """Record a build as `created`, commit, then enqueue it for a worker."""
+    apps.get(rack, app)
+    source = check_source(rack, app, url)
+    options = {
+        "build_args": parse_build_args(build_args or []),
+        "manifest": manifest or "convox.yml",
+        "no_cache": bool(no_cache),
+        "development": bool(development),
+    }
+    objects.normalize_key(options["manifest"])  # refuses `..` in the manifest path
+    with rack.db.transaction() as conn:
+        row = sql.insert(
+            conn,
+            id=new_id("B"),
+            app=app,
+            source_url=source,
+            options=options,
+            description=description,
+            git_sha=git_sha,
+        )
+    try:
+        rack.enqueue_build(row["id"])
+    except Exception as exc:  # the broker is down: fail the build now rather than leave it queued forever
+        with rack.db.transaction() as conn:
+            sql.finish(
+                conn,
+                id=row["id"],
+                status="failed",
+                reason=f"platform:queue: the build queue is unreachable ({type(exc).__name__})",
+            )
+        raise Unavailable("the build queue (Redis) is unreachable; try again shortly") from exc
+    return row
+
+
+def get(rack: Rack, app: str, build_id: str) -> dict:
+    check_id("build", build_id)
+    with rack.db.transaction() as conn:
+        apps.get(rack, app, conn)
+        row = sql.get(conn, app=app, id=build_id)
+    if row is None:
+        raise NotFound(f"build not found: {build_id}")
+    return row
+
+
+def list_for_app(rack: Rack, app: str, *, limit: int = 10) -> list[dict]:
+    with rack.db.transaction() as conn:
+        apps.get(rack, app, conn)
+        return sql.list_for_app(conn, app=app, limit=limit)
+
+
+def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict:
+    """Apply a Convox `PUT builds/{id}` (how external builders report progress)."""
+    get(rack, app, build_id)
+    fields: dict = {}
+    for key in ("entrypoint", "logs", "manifest", "release", "description"):
+        if changes.get(key) is not None:
+            fields[key] = changes[key]
+    for key in ("started", "ended"):
+        if changes.get(key):
+            fields[key] = parse_convox(changes[key])
+    if changes.get("status"):
+        if changes["status"] not in STATUSES:
+            raise Invalid(f"invalid status {changes['status']!r}: use one of {', '.join(STATUSES)}")
+        fields["status"] = changes["status"]
+    if not fields:
+        return get(rack, app, build_id)
+    with rack.db.transaction() as conn:
+        return sql.update(conn, id=build_id, fields=fields)

@@ -1,0 +1,45 @@
+"""The rack's handles on its backing services, made once per process and passed to domain calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import redis
+
+from rack.config import Settings
+from rack.db import Database
+from rack.storage import Store, open_store
+
+
+def _no_queue(build_id: str) -> None:
+    raise RuntimeError("this process cannot enqueue builds")
+
+
+@dataclass
+class Rack:
+    """Settings plus lazily opened connections; nothing connects until first used."""
+
+    settings: Settings
+    enqueue_build: Callable[[str], None] = field(default=_no_queue)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.database_url)
+
+    @cached_property
+    def store(self) -> Store:
+        return open_store(self.settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=15
+        )
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.close()
+        if "redis" in self.__dict__:
+            self.redis.close()

@@ -1,0 +1,81 @@
+"""Postgres access: a small connection pool and a transaction scope that owns the commit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
+import psycopg2.extras
+import psycopg2.pool
+
+from rack.errors import Unavailable
+
+
+class Database:
+    """Hand out connections from a lazily created pool; never connect at import time."""
+
+    def __init__(self, url: str, *, maxconn: int = 20) -> None:
+        self.url = url
+        self.maxconn = maxconn
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = psycopg2.pool.ThreadedConnectionPool(
+                    0, self.maxconn, self.url, connect_timeout=5
+                )
+            return self._pool
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.connection]:
+        """Yield a connection in a transaction: commit on success, roll back on error."""
+        try:
+            pool = self._get_pool()
+            conn = pool.getconn()
+        except psycopg2.OperationalError as exc:
+            raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
+        broken = False
+        try:
+            with conn:
+                yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            broken = True
+            raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
+        finally:
+            pool.putconn(conn, close=broken or conn.closed != 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.closeall()
+                self._pool = None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def fetchone(conn, sql: str, params: dict | tuple = ()) -> dict | None:
+    """Run a query and return its first row as a dict, or None."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(sql, params)
+        row = cur.fetchone()
+        return dict(row) if row is not None else None
+
+
+def fetchall(conn, sql: str, params: dict | tuple = ()) -> list[dict]:
+    """Run a query and return every row as a dict."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(sql, params)
+        return [dict(r) for r in cur.fetchall()]
+
+
+def execute(conn, sql: str, params: dict | tuple = ()) -> int:
+    """Run a statement and return the number of rows it touched."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.rowcount

@@ -1,0 +1,77 @@
+"""An app's objects: uploads such as build sources, addressed as `object://<app>/<key>`."""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from rack import apps
+from rack.context import Rack
+from rack.errors import Invalid, NotFound
+
+
+def normalize_key(key: str) -> str:
+    """Clean a key as Convox does (`path.Clean`, leading `/` dropped); refuse `..`; empty → tmp key."""
+    if any(part == ".." for part in (key or "").split("/")):
+        raise Invalid(f"invalid object key {key!r}: '..' is not allowed")
+    if "\x00" in (key or ""):
+        raise Invalid("invalid object key: NUL byte")
+    cleaned = posixpath.normpath("/" + (key or "")).lstrip("/")
+    if cleaned in ("", "."):
+        return f"tmp/{secrets.token_hex(15)}"
+    return cleaned
+
+
+def url(app: str, key: str) -> str:
+    return f"object://{app}/{key}"
+
+
+def parse_url(value: str) -> tuple[str, str]:
+    """Split `object://app/key` into its app and normalised key."""
+    u = urlparse(value)
+    if u.scheme != "object" or not u.netloc:
+        raise Invalid(f"not an object URL: {value!r} (expected object://<app>/<key>)")
+    return u.netloc, normalize_key(u.path)
+
+
+def _store_key(app: str, key: str) -> str:
+    return f"{app}/{key}"
+
+
+def put(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
+    """Stream an upload into the store within the size limit; return its object URL."""
+    apps.get(rack, app)
+    key = normalize_key(key)
+    rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)
+    return url(app, key)
+
+
+def put_bytes_stream(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
+    """Store rack-made content (logs, exports) with no upload limit."""
+    key = normalize_key(key)
+    rack.store.put_stream(_store_key(app, key), body)
+    return url(app, key)
+
+
+def open_object(rack: Rack, app: str, key: str) -> BinaryIO:
+    apps.get(rack, app)
+    key = normalize_key(key)
+    try:
+        return rack.store.open(_store_key(app, key))
+    except FileNotFoundError:
+        raise NotFound(f"object not found: {key}") from None
+
+
+def exists(rack: Rack, app: str, key: str) -> bool:
+    apps.get(rack, app)
+    return rack.store.exists(_store_key(app, normalize_key(key)))
+
+
+def delete(rack: Rack, app: str, key: str) -> None:
+    apps.get(rack, app)
+    key = normalize_key(key)
+    if not rack.store.exists(_store_key(app, key)):
+        raise NotFound(f"object not found: {key}")
+    rack.store.delete(_store_key(app, key))

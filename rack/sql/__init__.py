@@ -1,0 +1,1 @@
+"""Parameterised SQL, one module per resource; functions never commit."""

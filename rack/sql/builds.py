@@ -1,0 +1,137 @@
+"""SQL for builds. State changes are single guarded statements so two actors cannot both win."""
+
+from __future__ import annotations
+
+from psycopg2.extras import Json
+
+from rack.db import fetchall, fetchone
+
+COLUMNS = {
+    "description",
+    "entrypoint",
+    "git_sha",
+    "logs",
+    "manifest",
+    "process",
+    "release",
+    "reason",
+    "repository",
+    "started",
+    "ended",
+    "status",
+    "images",
+}
+
+
+def insert(
+    conn,
+    *,
+    id: str,
+    app: str,
+    source_url: str,
+    options: dict,
+    description: str,
+    git_sha: str,
+    manifest: str = "",
+    status: str = "created",
+) -> dict:
+    return fetchone(
+        conn,
+        "INSERT INTO builds (id, app, source_url, options, description, git_sha, manifest, status)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (id, app, source_url, Json(options), description, git_sha, manifest, status),
+    )
+
+
+def get(conn, *, app: str, id: str) -> dict | None:
+    return fetchone(conn, "SELECT * FROM builds WHERE app = %s AND id = %s", (app, id))
+
+
+def get_by_id(conn, *, id: str) -> dict | None:
+    return fetchone(conn, "SELECT * FROM builds WHERE id = %s", (id,))
+
+
+def list_for_app(conn, *, app: str, limit: int) -> list[dict]:
+    return fetchall(
+        conn, "SELECT * FROM builds WHERE app = %s ORDER BY started DESC, id DESC LIMIT %s", (app, limit)
+    )
+
+
+def update(conn, *, id: str, fields: dict, only_from: tuple[str, ...] | None = None) -> dict | None:
+    """Set fields on a build; with `only_from`, only while its status is one of those."""
+    assert set(fields) <= COLUMNS, set(fields) - COLUMNS
+    sets = ", ".join(f"{name} = %({name})s" for name in fields)
+    params = {k: Json(v) if isinstance(v, dict) else v for k, v in fields.items()}
+    params["_id"] = id
+    where = "id = %(_id)s"
+    if only_from is not None:
+        where += " AND status = ANY(%(_from)s)"
+        params["_from"] = list(only_from)
+    return fetchone(conn, f"UPDATE builds SET {sets} WHERE {where} RETURNING *", params)
+
+
+def mark_running(conn, *, id: str, process: str) -> dict | None:
+    """Claim a created build for one worker; None when it is no longer `created`."""
+    return fetchone(
+        conn,
+        "UPDATE builds SET status = 'running', process = %s, running_at = now(), heartbeat = now()"
+        " WHERE id = %s AND status = 'created' AND NOT cancel_requested RETURNING *",
+        (process, id),
+    )
+
+
+def heartbeat(conn, *, id: str, process: str) -> dict | None:
+    return fetchone(
+        conn,
+        "UPDATE builds SET heartbeat = now() WHERE id = %s AND status = 'running' AND process = %s"
+        " RETURNING cancel_requested",
+        (id, process),
+    )
+
+
+def finish(
+    conn,
+    *,
+    id: str,
+    status: str,
+    reason: str = "",
+    fields: dict | None = None,
+    only_from: tuple[str, ...] = ("created", "running"),
+    process: str | None = None,
+) -> dict | None:
+    """End a build once: the first of worker, reaper or canceller to get here wins."""
+    extra = dict(fields or {})
+    extra.update(status=status, reason=reason)
+    sets = ", ".join(f"{name} = %({name})s" for name in extra)
+    params = {k: Json(v) if isinstance(v, dict) else v for k, v in extra.items()}
+    params.update(_id=id, _from=list(only_from), _process=process)
+    where = "id = %(_id)s AND status = ANY(%(_from)s)"
+    if process is not None:
+        where += " AND process = %(_process)s"
+    return fetchone(conn, f"UPDATE builds SET {sets}, ended = now() WHERE {where} RETURNING *", params)
+
+
+def request_cancel(conn, *, id: str) -> dict | None:
+    return fetchone(
+        conn,
+        "UPDATE builds SET cancel_requested = true WHERE id = %s AND status IN ('created', 'running')"
+        " RETURNING *",
+        (id,),
+    )
+
+
+def stale_running(conn, *, older_than_seconds: int) -> list[dict]:
+    return fetchall(
+        conn,
+        "SELECT * FROM builds WHERE status = 'running' AND heartbeat < now() - make_interval(secs => %s)",
+        (older_than_seconds,),
+    )
+
+
+def expired_created(conn, *, older_than_seconds: int) -> list[dict]:
+    return fetchall(
+        conn,
+        "SELECT * FROM builds WHERE status = 'created' AND repository = ''"
+        " AND started < now() - make_interval(secs => %s)",
+        (older_than_seconds,),
+    )

@@ -1,0 +1,30 @@
+"""Times as Convox clients read and write them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rack.errors import Invalid
+
+ZERO = "0001-01-01T00:00:00Z"
+
+
+def rfc3339(value: datetime | None) -> str:
+    """Format a time as RFC 3339 in UTC; an unset time is Go's zero time, as Convox sends it."""
+    if value is None:
+        return ZERO
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_convox(value: str) -> datetime:
+    """Parse Convox's wire time `20060102.150405.000000000` (or RFC 3339)."""
+    for fmt in ("%Y%m%d.%H%M%S.%f",):
+        try:
+            head, _, frac = value.rpartition(".")
+            return datetime.strptime(f"{head}.{frac[:6]}", fmt).replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"invalid time {value!r}: use 20060102.150405.000000000 or RFC 3339") from None

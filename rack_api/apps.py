@@ -1,0 +1,36 @@
+"""Apps: `POST/GET /apps`, `GET/DELETE /apps/{app}`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from rack import apps
+from rack_api.params import as_json, ok, param, rack
+
+bp = Blueprint("apps", __name__)
+
+
+@bp.post("/apps")
+def create():
+    row = apps.create(rack(), name=param("name", "", header=True), generation=param("generation", "2"))
+    return as_json(apps.serialize(row))
+
+
+@bp.get("/apps")
+def index():
+    return as_json([apps.serialize(r) for r in apps.list_all(rack())])
+
+
+@bp.get("/apps/<app>")
+def show(app: str):
+    return as_json(apps.serialize(apps.get(rack(), app)))
+
+
+@bp.delete("/apps/<app>")
+def delete(app: str):
+    apps.delete(rack(), app)
+    return ok()
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

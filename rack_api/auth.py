@@ -1,0 +1,27 @@
+"""HTTP Basic auth: any username, the rack password, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+
+from rack_api.errors import error_response
+from rack_api.params import rack
+
+OPEN = {"/check"}
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def authenticate():
+        if request.path in OPEN:
+            return None
+        auth = request.authorization
+        password = rack().settings.password
+        given = (auth.password or "") if auth and auth.type == "basic" else ""
+        if hmac.compare_digest(given.encode(), password.encode()):
+            return None
+        body, status, headers = error_response("invalid authentication", 401)
+        headers["WWW-Authenticate"] = 'Basic realm="convox"'
+        return body, status, headers

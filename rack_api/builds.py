@@ -1,0 +1,48 @@
+"""Builds: create, list, show, update, cancel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from rack import builds
+from rack_api.params import as_json, flag, limit, listing, param, rack
+
+bp = Blueprint("builds", __name__)
+
+
+@bp.post("/apps/<app>/builds")
+def create(app: str):
+    row = builds.create(
+        rack(),
+        app,
+        url=param("url", "", header=True),
+        build_args=listing("build-args"),
+        description=param("description", ""),
+        manifest=param("manifest", ""),
+        no_cache=flag("no-cache"),
+        development=flag("development"),
+        git_sha=param("git-sha", ""),
+    )
+    return as_json(builds.serialize(row))
+
+
+@bp.get("/apps/<app>/builds")
+def index(app: str):
+    rows = builds.list_for_app(rack(), app, limit=limit())
+    return as_json([builds.serialize(r) for r in rows])
+
+
+@bp.get("/apps/<app>/builds/<build_id>")
+def show(app: str, build_id: str):
+    return as_json(builds.serialize(builds.get(rack(), app, build_id)))
+
+
+@bp.put("/apps/<app>/builds/<build_id>")
+def update(app: str, build_id: str):
+    names = ("ended", "entrypoint", "logs", "manifest", "release", "started", "status", "description")
+    changes = {name: param(name) for name in names if param(name) is not None}
+    return as_json(builds.serialize(builds.update(rack(), app, build_id, changes)))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

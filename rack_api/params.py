@@ -1,0 +1,56 @@
+"""Reading Convox-style request parameters: form body, query string, or a header of the same name."""
+
+from __future__ import annotations
+
+from flask import Response, current_app, json, request
+
+from rack.context import Rack
+from rack.errors import Invalid
+
+
+def rack() -> Rack:
+    return current_app.extensions["rack"]
+
+
+def param(name: str, default: str | None = None, *, header: bool = False) -> str | None:
+    """A parameter from the form body or query string (and, if asked, a header)."""
+    value = request.form.get(name)
+    if value is None:
+        value = request.args.get(name)
+    if value is None and header:
+        value = request.headers.get(name)
+    return default if value is None else value
+
+
+def flag(name: str) -> bool:
+    """A boolean parameter: true only when it is exactly `true`, as Convox reads it."""
+    return param(name) == "true"
+
+
+def listing(name: str) -> list[str]:
+    """A list parameter, comma-joined on the wire."""
+    value = param(name)
+    return [v for v in value.split(",") if v] if value else []
+
+
+def limit(default: int = 10, maximum: int = 1000) -> int:
+    raw = param("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"limit must be a whole number, got {raw!r}") from None
+    if value < 1 or value > maximum:
+        raise Invalid(f"limit must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def as_json(value, status: int = 200) -> Response:
+    """JSON indented as Convox sends it."""
+    body = json.dumps(value, indent=2, sort_keys=False) + "\n"
+    return Response(body, status=status, mimetype="application/json")
+
+
+def ok() -> Response:
+    return Response("ok\n", mimetype="text/plain")

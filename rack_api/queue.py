@@ -1,0 +1,19 @@
+"""Handing builds to workers: the only place the API touches Celery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rack.config import Settings
+
+
+def enqueue_build_for(settings: Settings) -> Callable[[str], None]:
+    """Return a function that enqueues `run_build(build_id)` on the rack's broker."""
+    from rack_worker.celery_app import make_celery
+
+    celery = make_celery(settings)
+
+    def enqueue_build(build_id: str) -> None:
+        celery.send_task("rack_worker.tasks.run_build", args=[build_id])
+
+    return enqueue_build

@@ -1,0 +1,5 @@
+"""The worker entry point: `celery -A rack_worker.worker worker`."""
+
+from rack_worker.celery_app import make_celery
+
+app = make_celery()

@@ -1,0 +1,97 @@
+"""Test harness: a real Postgres, Redis (and, for pipeline tests, dockerd and a registry) per session."""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from rack.config import load_settings
+from rack.context import Rack
+from rack.db import Database, execute
+from rack.migrate import migrate
+from rack_stack import Stack
+
+
+def _stack_home(name: str) -> Path:
+    # Short paths under /tmp: unix sockets have a 108-byte limit and postgres must traverse them.
+    path = Path(tempfile.mkdtemp(prefix=f"rack-{name}-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """Postgres and Redis on free loopback ports, migrated once."""
+    s = Stack(_stack_home("test"), fast=True)
+    s.start(services=("postgres", "redis"))
+    db = Database(s.env["RACK_DATABASE_URL"])
+    migrate(db)
+    db.close()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_stack(stack):
+    """Add the Docker engine and the registry, with the base image seeded."""
+    stack.start(services=("postgres", "redis", "dockerd", "registry"))
+    stack.seed_base_image()
+    return stack
+
+
+@pytest.fixture
+def settings(stack, tmp_path):
+    env = dict(stack.env)
+    env["RACK_STORAGE"] = f"file://{tmp_path}/objects"
+    return load_settings(env)
+
+
+@pytest.fixture
+def enqueued() -> list[str]:
+    """Builds handed to the queue, for tests that do not run a worker."""
+    return []
+
+
+@pytest.fixture
+def rack(settings, enqueued):
+    """A Rack on clean tables and an empty Redis."""
+    r = Rack(settings, enqueue_build=enqueued.append)
+    with r.db.transaction() as conn:
+        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
+    r.redis.flushdb()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def app(rack):
+    from rack_api import create_app
+
+    flask_app = create_app(rack=rack)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+def basic(password: str, user: str = "convox") -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def client(app, settings):
+    """A test client that sends the rack password on every request."""
+    c = app.test_client()
+    c.environ_base.update({"HTTP_AUTHORIZATION": basic(settings.password)["Authorization"]})
+    return c
+
+
+@pytest.fixture
+def redis_client(stack):
+    r = redis_lib.Redis.from_url(stack.env["RACK_REDIS_URL"])
+    r.flushdb()
+    yield r
+    r.close()
