@@ -1,0 +1,299 @@
+"""A build's log as a Redis Stream: append lines as they come, follow from any offset, end with a status.
+
+The stream `rack:build:<ID>:log` holds one entry per line (a trailing partial line is an entry too) with
+fields `t` (ms since the epoch) and `d` (the masked bytes), then at most one entry with `end` (the final
+status) and `t`. The `d` fields joined are the log byte for byte; an entry id is a follower's offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import redis
+
+from rack.errors import Invalid, Unavailable
+from rack.masking import Masker
+
+log = logging.getLogger(__name__)
+
+LIVE_TTL = 7 * 24 * 3600
+BATCH_LINES = 1000
+_OFFSET = re.compile(r"\d+(-\d+)?")
+Stop = Callable[[], bool]
+
+# ARGV: live ttl, batch tag, then time and data of each line. Refuses lines after the end entry (-1);
+# skips a batch whose tag is already on the last entry (0), which makes a retried batch harmless.
+# A stream that has no expiry yet gets the live ttl, so a key abandoned mid-build cannot live forever.
+_APPEND = """
+local key = KEYS[1]
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+if last and last[2][1] == 'end' then return -1 end
+if last and last[2][5] == 'b' and last[2][6] == ARGV[2] then return 0 end
+local n = #ARGV
+for i = 3, n - 2, 2 do
+  redis.call('XADD', key, '*', 't', ARGV[i], 'd', ARGV[i + 1])
+end
+redis.call('XADD', key, '*', 't', ARGV[n - 1], 'd', ARGV[n], 'b', ARGV[2])
+if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ARGV[1]) end
+return (n - 2) / 2
+"""
+
+# ARGV: status, ttl, time. Adds the end entry unless the last entry already is one.
+_END = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last and last[2][1] == 'end' then return 0 end
+redis.call('XADD', KEYS[1], '*', 'end', ARGV[1], 't', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class Entry(NamedTuple):
+    """One entry of a build's log: a line's bytes, or the end with the build's final status."""
+
+    id: str
+    data: bytes
+    time_ms: int
+    end_status: str | None = None
+
+
+def key_for(build_id: str) -> str:
+    """Return the Redis key of a build's log stream."""
+    return f"rack:build:{build_id}:log"
+
+
+@contextlib.contextmanager
+def _guard() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unavailable(f"the log store (Redis) is unreachable: {exc}") from exc
+
+
+def _offset(after: str) -> tuple[int, int]:
+    if not isinstance(after, str) or not _OFFSET.fullmatch(after):
+        raise Invalid(f"bad log offset {after!r}: expected an entry id such as 1712345678901-0")
+    ms, _, seq = after.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    end = fields.get(b"end")  # the end entry has no `d`
+    status = end.decode() if end is not None else None
+    return Entry(raw_id.decode(), fields.get(b"d", b""), int(fields.get(b"t", 0)), status)
+
+
+class BuildLog:
+    """Append to, follow and end one build's log stream; `redis` must not decode responses."""
+
+    def __init__(
+        self, redis: redis.Redis, build_id: str, *, masker: Masker | None = None, live_ttl: int = LIVE_TTL
+    ) -> None:
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("a build log needs a Redis client made with decode_responses=False")
+        self.redis = redis
+        self.build_id = build_id
+        self.key = key_for(build_id)
+        self.masker = masker if masker is not None else Masker()
+        self.live_ttl = live_ttl
+        self._append_script = redis.register_script(_APPEND)
+        self._end_script = redis.register_script(_END)
+        self._tag = os.urandom(6).hex()
+        self._serial = itertools.count()  # next() on a count is atomic under the GIL
+
+    def lines(self, text: str | bytes) -> list[bytes]:
+        """Mask `text` and cut it into lines, each keeping its newline; a trailing partial line stays."""
+        if isinstance(text, bytes):
+            # surrogateescape round-trips any bytes, so masking never alters what isn't a secret.
+            masked = self.masker.mask(text.decode("utf-8", "surrogateescape"))
+            data = masked.encode("utf-8", "surrogateescape")
+        else:
+            data = self.masker.mask(text).encode("utf-8", "replace")
+        if b"\n" not in data[:-1]:
+            return [data] if data else []
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        out = [part + b"\n" for part in parts]
+        if tail:
+            out.append(tail)
+        return out
+
+    def append(self, text: str | bytes) -> None:
+        """Append one or more lines (or a partial line), masked, stamped with the current time."""
+        stamp = str(int(time.time() * 1000))
+        flat: list[bytes | str] = []
+        for line in self.lines(text):
+            flat += (stamp, line)
+        for tag, pairs in self._chunks(flat):
+            self._send(tag, pairs)
+
+    def _chunks(self, flat: list[bytes | str]) -> list[tuple[str, list[bytes | str]]]:
+        # Each chunk gets its tag once, so resending it after a lost reply cannot add its lines twice.
+        step = 2 * BATCH_LINES
+        return [(f"{self._tag}:{next(self._serial)}", flat[i : i + step]) for i in range(0, len(flat), step)]
+
+    def _send(self, tag: str, pairs: list[bytes | str]) -> None:
+        with _guard():
+            added = self._append_script(keys=[self.key], args=[self.live_ttl, tag, *pairs])
+        if added == -1:
+            log.warning("dropped %d line(s) appended to %s after its end", len(pairs) // 2, self.key)
+
+    def writer(self, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> LogWriter:
+        """Return a buffered writer that batches appends; close it (or use `with`) before `end`."""
+        return LogWriter(self, flush_ms=flush_ms, flush_lines=flush_lines)
+
+    def end(self, status: str, *, ttl: int) -> None:
+        """Append the end entry with the final status and let the stream expire after `ttl` seconds."""
+        if not status:
+            raise Invalid("a build log ends with a status")
+        with _guard():
+            self._end_script(keys=[self.key], args=[status, ttl, int(time.time() * 1000)])
+
+    def read(self, *, after: str = "0-0", block_ms: int | None = None, count: int = 1000) -> list[Entry]:
+        """Return up to `count` entries after the offset `after`, waiting up to `block_ms` for the first."""
+        _offset(after)
+        with _guard():
+            reply = self.redis.xread({self.key: after}, count=count, block=block_ms)
+        if not reply:
+            return []
+        rows = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return [_entry(raw_id, fields) for raw_id, fields in rows]
+
+    def follow(
+        self, *, after: str = "0-0", block_ms: int = 1000, stop: Stop | None = None, count: int = 1000
+    ) -> Iterator[Entry]:
+        """Yield the entries after `after` as they come, up to and including the end entry."""
+        # `stop` is asked before each wait of up to `block_ms`; true ends the iteration with no end entry
+        # (the client left, or the build died without one). Resuming after the end entry's own id yields
+        # that end entry again, so the caller still learns the status without a repeated line.
+        position = _offset(after)
+        last = self.last_entry()
+        if last is not None and last.end_status is not None and _offset(last.id) <= position:
+            yield last
+            return
+        while stop is None or not stop():
+            for entry in self.read(after=after, block_ms=block_ms, count=count):
+                yield entry
+                if entry.end_status is not None:
+                    return
+                after = entry.id
+
+    def last_entry(self) -> Entry | None:
+        """Return the stream's last entry, or None if it has none."""
+        with _guard():
+            rows = self.redis.xrevrange(self.key, count=1)
+        return _entry(*rows[0]) if rows else None
+
+    def text(self) -> bytes:
+        """Return the whole log so far as bytes."""
+        chunks: list[bytes] = []
+        start = "-"
+        while True:
+            with _guard():
+                rows = self.redis.xrange(self.key, min=start, count=10_000)
+            chunks += (fields.get(b"d", b"") for _, fields in rows)  # the end entry is last and has no data
+            if len(rows) < 10_000:
+                return b"".join(chunks)
+            start = "(" + rows[-1][0].decode()
+
+    def exists(self) -> bool:
+        """Tell whether the stream exists (it has lines or an end and has not expired)."""
+        with _guard():
+            return bool(self.redis.exists(self.key))
+
+
+class LogWriter:
+    """Batch appends to one build's log; flush every `flush_ms` or `flush_lines` lines, and on close."""
+
+    # A failed flush keeps its lines for the next one and makes the next `write` raise `Unavailable`;
+    # the flusher thread retries. A writer never closed loses at most its last `flush_ms` of lines.
+
+    def __init__(self, log: BuildLog, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> None:
+        self.log = log
+        self.flush_s = flush_ms / 1000
+        self.flush_lines = flush_lines
+        self._cond = threading.Condition()  # guards the buffer and wakes the flusher
+        self._send_lock = threading.Lock()  # held from taking the buffer to sending it: batches stay in order
+        self._buf: list[bytes | str] = []
+        self._count = 0
+        self._first = 0.0
+        self._pending: list[tuple[str, list[bytes | str]]] = []
+        self._error: Unavailable | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"log-writer {log.build_id}", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, text: str | bytes) -> None:
+        """Buffer one or more lines (or a partial line) stamped with the current time."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        lines = self.log.lines(text)
+        stamp = str(int(time.time() * 1000))
+        with self._cond:
+            if self._closed:
+                raise ValueError("write to a closed log writer")
+            before = self._count
+            if not before:
+                self._first = time.monotonic()
+            for line in lines:
+                self._buf += (stamp, line)
+            self._count += len(lines)
+            if not before or before < self.flush_lines <= self._count:
+                self._cond.notify()
+            full = self._count >= 4 * self.flush_lines
+        if full:
+            self.flush()  # the flusher is behind: make the producer wait for Redis instead of growing
+
+    def flush(self) -> None:
+        """Send every buffered line now."""
+        with self._send_lock:
+            with self._cond:
+                flat, self._buf, self._count = self._buf, [], 0
+            if flat:
+                self._pending += self.log._chunks(flat)
+            while self._pending:
+                self.log._send(*self._pending[0])  # on Unavailable the chunk stays pending
+                self._pending.pop(0)
+            self._error = None
+
+    def close(self) -> None:
+        """Flush what is buffered and stop the flusher thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._count or self._pending or self._closed):
+                    self._cond.wait()
+                deadline = self._first + self.flush_s
+                while not self._closed and self._count < self.flush_lines:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._closed:
+                    return  # close() sends the rest itself
+            try:
+                self.flush()
+            except Unavailable as exc:
+                self._error = exc
+                time.sleep(max(0.2, self.flush_s))
