@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, request, stream_with_context
+from werkzeug.exceptions import ClientDisconnected
 
 from rack import objects
 from rack.errors import Invalid, TooLarge
@@ -18,7 +19,10 @@ class _ExactBody:
         self.stream, self.length, self.seen = stream, length, 0
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self.stream.read(size)
+        try:
+            chunk = self.stream.read(size)
+        except ClientDisconnected:
+            chunk = b""
         self.seen += len(chunk)
         if not chunk and self.length is not None and self.seen < self.length:
             raise Invalid(f"upload truncated: got {self.seen} of {self.length} bytes")
