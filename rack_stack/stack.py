@@ -1,0 +1,173 @@
+"""The whole local stack: its home folder, ports, password, environment, and its services."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import stat
+import tempfile
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rack_stack import procs
+from rack_stack.app import Api, Worker
+from rack_stack.dockerd import Dockerd
+from rack_stack.postgres import Postgres
+from rack_stack.redis import Redis
+from rack_stack.registry import Registry
+from rack_stack.service import Service
+
+SERVICES = ("postgres", "redis", "dockerd", "registry")
+APP_SERVICES = ("api", "worker")
+PORT_KEYS = ("postgres", "redis", "registry", "api")
+_CLASSES: dict[str, type[Service]] = {
+    cls.name: cls for cls in (Postgres, Redis, Dockerd, Registry, Api, Worker)
+}
+# Unix socket paths must fit in 108 bytes; dockerd's containerd adds ~35 to its exec root.
+_SHORT_PATH = 60
+
+
+class Stack:
+    """Postgres, Redis, a Docker engine and a registry on loopback, plus the rack API and a worker."""
+
+    def __init__(self, home: Path | str, ports: Mapping[str, int] | None = None, *, fast: bool = False) -> None:
+        self.home = Path(home).absolute()
+        self.fast = fast
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.ports = self._load_ports(dict(ports or {}))
+        self.password = self._load_password()
+        self.services: dict[str, Service] = {name: cls(self) for name, cls in _CLASSES.items()}
+
+    @property
+    def run_dir(self) -> Path:
+        """Return a folder for unix sockets: the home itself, or a short one under /run if home is long."""
+        if len(str(self.home)) <= _SHORT_PATH:
+            return self.home
+        digest = hashlib.sha1(str(self.home).encode()).hexdigest()[:10]
+        base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+        return base / f"rack-{digest}"
+
+    @property
+    def docker_socket(self) -> Path:
+        return self.run_dir / "docker.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Return the RACK_* settings that point the API, the worker and the CLI at this stack."""
+        return {
+            "RACK_DATABASE_URL": f"postgresql://rack@127.0.0.1:{self.ports['postgres']}/rack",
+            "RACK_REDIS_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
+            "RACK_STORAGE": f"file://{self.home / 'objects'}",
+            "RACK_REGISTRY": f"127.0.0.1:{self.ports['registry']}",
+            "RACK_DOCKER_HOST": f"unix://{self.docker_socket}",
+            "RACK_PASSWORD": self.password,
+            "RACK_NAME": "local",
+            "RACK_API_URL": f"http://127.0.0.1:{self.ports['api']}",
+        }
+
+    def start(self, services: Iterable[str] = SERVICES) -> dict[str, bool]:
+        """Start the named services that are not up yet; tell for each whether it was started."""
+        names = self._names(services)
+        (self.home / "objects").mkdir(exist_ok=True)
+        self.run_dir.mkdir(mode=0o755, exist_ok=True)
+        if "postgres" in names and os.geteuid() == 0:
+            _let_others_traverse(self.home)
+        started: dict[str, bool] = {}
+        infra = [n for n in names if n in SERVICES]
+        with ThreadPoolExecutor(max_workers=len(infra) or 1) as pool:
+            futures = {name: pool.submit(self.services[name].start) for name in infra}
+        errors = []
+        for name, future in futures.items():
+            try:
+                started[name] = future.result()
+            except procs.StartError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise procs.StartError("\n\n".join(errors))
+        for name in (n for n in names if n in APP_SERVICES):
+            started[name] = self.services[name].start()
+        return started
+
+    def stop(self, services: Iterable[str] | None = None) -> dict[str, bool]:
+        """Stop the named services (all by default), apps first; tell for each whether it was running."""
+        names = self._names(services if services is not None else (*SERVICES, *APP_SERVICES))
+        stopped = {name: self.services[name].stop() for name in reversed(APP_SERVICES) if name in names}
+        infra = [n for n in names if n in SERVICES]
+        with ThreadPoolExecutor(max_workers=len(infra) or 1) as pool:
+            stopped.update(zip(infra, pool.map(lambda n: self.services[n].stop(), infra), strict=True))
+        return stopped
+
+    def status(self) -> dict[str, dict]:
+        """Return, for every service, its pid (or None), whether it answers, and its address."""
+        return {
+            name: {"pid": (pid := svc.pid()), "up": pid is not None and svc.ready(), "address": svc.address}
+            for name, svc in self.services.items()
+        }
+
+    def docker(self):
+        """Return a docker SDK client of this stack's engine."""
+        import docker
+
+        return docker.DockerClient(base_url=f"unix://{self.docker_socket}", timeout=300)
+
+    def seed_base_image(self) -> str:
+        """Put `busybox:latest` in the engine and the registry (built from Debian's busybox-static)."""
+        from rack_stack.base_image import seed
+
+        return seed(self)
+
+    def write_env_file(self) -> Path:
+        """Write `<home>/rack.env`, a shell file of `export KEY='value'` lines, and return its path."""
+        path = self.home / "rack.env"
+        lines = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in self.env.items())
+        _write_private(path, lines)
+        return path
+
+    def _names(self, services: Iterable[str]) -> list[str]:
+        names = [services] if isinstance(services, str) else list(services)
+        unknown = sorted(set(names) - set(_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; known: {list(_CLASSES)}")
+        return names
+
+    def _load_ports(self, wanted: dict[str, int]) -> dict[str, int]:
+        path = self.home / "ports.json"
+        unknown = sorted(set(wanted) - set(PORT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown port keys {unknown}; known: {list(PORT_KEYS)}")
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        ports = {key: int(wanted.get(key) or saved.get(key) or 0) for key in PORT_KEYS}
+        missing = [key for key, port in ports.items() if not port]
+        taken = set(ports.values())
+        fresh = [p for p in procs.free_ports(len(missing) + len(taken)) if p not in taken]
+        ports.update(zip(missing, fresh, strict=False))
+        if ports != saved:
+            path.write_text(json.dumps(ports, indent=2) + "\n")
+        return ports
+
+    def _load_password(self) -> str:
+        path = self.home / "password"
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(24) + "\n")
+        return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _let_others_traverse(path: Path) -> None:
+    """Add o+x to `path` and its parents, so the postgres user can reach its data dir."""
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
