@@ -25,7 +25,6 @@ class Masker:
                 continue
             # Masking works line by line, so each line of a multi-line secret (a PEM key) is its own secret.
             for piece in [secret, *secret.splitlines()]:
-                piece = piece.strip("\r\n")
                 if len(piece) >= MIN_SECRET_LENGTH:
                     values.add(piece)
         # Longest first, so a secret containing a shorter one is masked whole.
