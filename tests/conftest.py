@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,40 @@ def redis_client(stack):
     r.flushdb()
     yield r
     r.close()
+
+
+class LiveServer:
+    """The API on a real loopback HTTP port, served from a thread (werkzeug, threaded)."""
+
+    def __init__(self, flask_app, password: str) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.password = password
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def rack_url(self) -> str:
+        return f"http://convox:{self.password}@127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def live_server(app, settings):
+    """The API over real HTTP; builds it enqueues land in the `enqueued` list."""
+    server = LiveServer(app, settings.password)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cli_env(live_server, monkeypatch, tmp_path):
+    """Point the `convox` CLI at the live server, with its own config folder."""
+    monkeypatch.setenv("RACK_URL", live_server.rack_url)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "convox-config"))
+    return {"RACK_URL": live_server.rack_url, "CONVOX_CONFIG": str(tmp_path / "convox-config")}

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from cli.main import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_apps_create_list_delete(cli_env):
+    assert run("apps", "create", "myapp").output == "Creating myapp... OK\n"
+    out = run("apps").output.splitlines()
+    assert out[0].split() == ["APP", "STATUS", "RELEASE"]
+    assert out[1].split() == ["myapp", "running"]
+    assert run("apps", "delete", "myapp").output == "Deleting myapp... OK\n"
+    assert run("apps").output.splitlines()[1:] == []
+
+
+def test_api_errors_are_one_line_and_non_zero(cli_env):
+    result = CliRunner().invoke(main, ["apps", "create", "Bad_Name"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Creating Bad_Name... Error: app name 'Bad_Name' is invalid")
+    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(main, ["apps", "delete", "ghost"])
+    assert result.exit_code == 1
+    assert result.output == "Deleting ghost... Error: app not found: ghost\n"
+
+
+def test_wrong_password_says_how_to_fix_it(live_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("RACK_URL", f"http://convox:wrong@127.0.0.1:{live_server.server.server_port}")
+    result = CliRunner().invoke(main, ["apps"])
+    assert result.exit_code == 1
+    assert "invalid authentication" in result.output
+    assert "convox login" in result.output
+
+
+def test_login_stores_host_and_password(live_server, monkeypatch, tmp_path):
+    monkeypatch.delenv("RACK_URL", raising=False)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "cfg"))
+    host = f"127.0.0.1:{live_server.server.server_port}"
+    result = CliRunner().invoke(main, ["login", host, "--password", live_server.password])
+    assert result.exit_code == 0, result.output
+    auth = json.loads((tmp_path / "cfg" / "auth").read_text())
+    assert auth == {f"http://{host}": live_server.password}
+    assert oct((tmp_path / "cfg" / "auth").stat().st_mode & 0o777) == "0o600"
+    # Later commands find the rack from the stored login.
+    assert run("rack").output.splitlines()[0].split() == ["Name", "local"]
+    bad = CliRunner().invoke(main, ["login", host, "--password", "nope"])
+    assert bad.exit_code == 1
+    assert json.loads((tmp_path / "cfg" / "auth").read_text()) == auth
+
+
+def test_cli_runs_as_a_subprocess(cli_env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "apps", "create", "subproc"],
+        env={**cli_env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Creating subproc... OK\n"
