@@ -13,6 +13,8 @@ from rack_stack import procs
 from rack_stack.service import Service
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+WSGI_APP = "rack_api.wsgi:app"
+CELERY_APP = "rack_worker.worker"  # the module that holds the Celery app (rack_worker.celery_app makes it)
 
 
 def venv_bin() -> Path:
@@ -62,7 +64,7 @@ class Api(_AppService):
             "--bind", f"127.0.0.1:{self.port}",
             "--worker-class", "gthread", "--threads", "16", "--workers", "2",
             "--timeout", "0",
-            "rack_api.wsgi:app",
+            WSGI_APP,
         ]  # fmt: skip
         return procs.spawn(argv, log=self.log, pidfile=self.pidfile, env=self._env(), cwd=CHECKOUT)
 
@@ -80,7 +82,7 @@ class Api(_AppService):
 
 
 class Worker(_AppService):
-    """One Celery worker of `rack_worker.celery_app`, one build at a time."""
+    """One Celery worker of the rack, one build at a time."""
 
     name = "worker"
     proc_name = "celery"
@@ -98,7 +100,7 @@ class Worker(_AppService):
         """Start the worker and remember where its log starts, to see it report ready."""
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
         argv = [
-            venv_bin() / "celery", "-A", "rack_worker.celery_app", "worker",
+            venv_bin() / "celery", "-A", CELERY_APP, "worker",
             "--loglevel", "INFO", "--concurrency", "1", "--hostname", "worker1@%h",
         ]  # fmt: skip
         return procs.spawn(argv, log=self.log, pidfile=self.pidfile, env=self._env(), cwd=CHECKOUT)

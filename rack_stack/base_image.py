@@ -22,24 +22,29 @@ TAG = "latest"
 CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["sh"]']
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-])  # fmt: skip
+FOLDERS = [("bin", 0o755), ("sbin", 0o755), ("usr", 0o755), ("usr/bin", 0o755), ("usr/sbin", 0o755)]
+FOLDERS += [("etc", 0o755), ("root", 0o700), ("tmp", 0o1777)]
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
 
 
 def rootfs_tar(busybox: Path = BUSYBOX) -> bytes:
     """Return a tar of a root filesystem: busybox, a link per applet, /tmp, /root and /etc/passwd."""
     if not busybox.exists():
         raise procs.StartError(f"{busybox} is missing: install busybox-static (deploy/local/install)")
-    listed = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        [busybox, "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
     applets = sorted({path for path in listed if path != "bin/busybox"})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for folder, mode in [("bin", 0o755), ("sbin", 0o755), ("usr", 0o755), ("usr/bin", 0o755),
-                             ("usr/sbin", 0o755), ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777)]:  # fmt: skip
+        for folder, mode in FOLDERS:
             tar.addfile(_entry(folder, tarfile.DIRTYPE, mode))
         binary = busybox.read_bytes()
         tar.addfile(_entry("bin/busybox", tarfile.REGTYPE, 0o755, size=len(binary)), io.BytesIO(binary))

@@ -24,9 +24,20 @@ def bin_dir() -> Path:
     return max(found, key=lambda p: float(p.parent.name))
 
 
-def _run_as() -> str | None:
-    # Postgres refuses to run as root; any other user runs it as themselves.
-    return USER if os.geteuid() == 0 else None
+def _run_as_postgres(argv: list, *, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command as the postgres user (Postgres refuses root), or as ourselves if we aren't root."""
+    user = USER if os.geteuid() == 0 else None
+    return subprocess.run(
+        argv,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        cwd=cwd,
+        env=procs.base_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
 
 
 def _chown(path: Path) -> None:
@@ -73,15 +84,13 @@ class Postgres(Service):
         self._configure()
         self.log.touch()
         _chown(self.log)
-        result = subprocess.run(
-            [bindir / "pg_ctl", "start", "-w", "-t", str(int(self.start_timeout)),
-             "-D", self.data, "-l", self.log],
-            user=_run_as(), group=_run_as(), extra_groups=[] if _run_as() else None,
-            cwd=self.data, env=procs.base_env(), stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, start_new_session=True,
-        )  # fmt: skip
+        timeout = str(int(self.start_timeout))
+        result = _run_as_postgres(
+            [bindir / "pg_ctl", "start", "-w", "-t", timeout, "-D", self.data, "-l", self.log], cwd=self.data
+        )
         if result.returncode != 0:
-            raise procs.StartError(f"pg_ctl start failed: {result.stdout}{result.stderr}\n{procs.log_tail(self.log)}")
+            output = result.stdout + result.stderr
+            raise procs.StartError(f"pg_ctl start failed: {output}\n{procs.log_tail(self.log)}")
         self._create_database()
         pid = procs.read_pid(self.pidfile)
         if pid is None:
@@ -93,14 +102,9 @@ class Postgres(Service):
             shutil.rmtree(self.data)  # an initdb that was interrupted
         self.data.mkdir(mode=0o700)
         _chown(self.data)
-        argv = [bindir / "initdb", "-D", self.data, "--username", USER, "--auth", "trust",
-                "--encoding", "UTF8", "--no-locale"]  # fmt: skip
-        if self.stack.fast:
-            argv.append("--no-sync")
-        result = subprocess.run(
-            argv, user=_run_as(), group=_run_as(), extra_groups=[] if _run_as() else None,
-            cwd=self.data, env=procs.base_env(), capture_output=True, text=True,
-        )  # fmt: skip
+        argv = [bindir / "initdb", "-D", self.data, "--username", USER, "--auth", "trust"]
+        argv += ["--encoding", "UTF8", "--no-locale", *(["--no-sync"] if self.stack.fast else [])]
+        result = _run_as_postgres(argv, cwd=self.data)
         if result.returncode != 0:
             raise procs.StartError(f"initdb failed:\n{result.stdout}{result.stderr}")
 
@@ -114,7 +118,9 @@ class Postgres(Service):
             **(FAST_SETTINGS if self.stack.fast else {}),
         }
         conf = self.data / "rack.conf"
-        conf.write_text("# Written by rack_stack on every start.\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        conf.write_text(
+            "# Written by rack_stack on every start.\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+        )
         _chown(conf)
         main = self.data / "postgresql.conf"
         include = "include_if_exists = 'rack.conf'\n"
@@ -133,7 +139,9 @@ class Postgres(Service):
         import psycopg2
 
         try:
-            conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=user, dbname=dbname, connect_timeout=2)
+            conn = psycopg2.connect(
+                host="127.0.0.1", port=self.port, user=user, dbname=dbname, connect_timeout=2
+            )
         except psycopg2.OperationalError:
             return None
         try:

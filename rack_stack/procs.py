@@ -104,7 +104,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def kill(pid: int | None, *, sig: int = signal.SIGTERM, timeout: float = 15.0, name: str | None = None) -> bool:
+def kill(
+    pid: int | None, *, sig: int = signal.SIGTERM, timeout: float = 15.0, name: str | None = None
+) -> bool:
     """Send `sig` to `pid`, SIGKILL it after `timeout`, wait for it to exit; False if it wasn't running."""
     if not alive(pid, name):
         return False

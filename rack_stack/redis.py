@@ -41,7 +41,7 @@ class Redis(Service):
         fsync = "no" if self.stack.fast else "everysec"
         conf.write_text(
             "# Written by rack_stack on every start.\n"
-            f"bind 127.0.0.1\nport {self.port}\ndir \"{data}\"\n"
-            f"daemonize no\nlogfile \"\"\nappendonly yes\nappendfsync {fsync}\nsave \"\"\n"
+            f'bind 127.0.0.1\nport {self.port}\ndir "{data}"\n'
+            f'daemonize no\nlogfile ""\nappendonly yes\nappendfsync {fsync}\nsave ""\n'
         )
         return procs.spawn(["redis-server", conf], log=self.log, pidfile=self.pidfile, cwd=data)

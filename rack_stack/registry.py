@@ -46,4 +46,6 @@ class Registry(Service):
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             f"http:\n  addr: {self.address}\n"
         )
-        return procs.spawn(["docker-registry", "serve", config], log=self.log, pidfile=self.pidfile, cwd=storage)
+        return procs.spawn(
+            ["docker-registry", "serve", config], log=self.log, pidfile=self.pidfile, cwd=storage
+        )

@@ -69,7 +69,9 @@ class Service:
         pid = self.launch()
         if not self.wait_ready(pid):
             procs.kill(pid, sig=self.stop_signal, timeout=5)
-            raise procs.StartError(f"{self.name} did not come up; see {self.log}:\n" + procs.log_tail(self.log))
+            raise procs.StartError(
+                f"{self.name} did not come up; see {self.log}:\n" + procs.log_tail(self.log)
+            )
         return True
 
     def stop(self) -> bool:

@@ -34,13 +34,20 @@ _SHORT_PATH = 60
 class Stack:
     """Postgres, Redis, a Docker engine and a registry on loopback, plus the rack API and a worker."""
 
-    def __init__(self, home: Path | str, ports: Mapping[str, int] | None = None, *, fast: bool = False) -> None:
+    def __init__(
+        self,
+        home: Path | str,
+        ports: Mapping[str, int] | None = None,
+        *,
+        fast: bool = False,
+        default_ports: Mapping[str, int] | None = None,
+    ) -> None:
         self.home = Path(home).absolute()
         self.fast = fast
         self.home.mkdir(parents=True, exist_ok=True)
-        self.ports = self._load_ports(dict(ports or {}))
-        self.password = self._load_password()
         self.services: dict[str, Service] = {name: cls(self) for name, cls in _CLASSES.items()}
+        self.ports = self._load_ports(dict(ports or {}), dict(default_ports or {}))
+        self.password = self._load_password()
 
     @property
     def run_dir(self) -> Path:
@@ -134,18 +141,24 @@ class Stack:
             raise ValueError(f"unknown services {unknown}; known: {list(_CLASSES)}")
         return names
 
-    def _load_ports(self, wanted: dict[str, int]) -> dict[str, int]:
+    def _load_ports(self, wanted: dict[str, int], defaults: dict[str, int]) -> dict[str, int]:
+        """Take each port from `wanted`, else ports.json, else `defaults`, else a free one; save them."""
         path = self.home / "ports.json"
-        unknown = sorted(set(wanted) - set(PORT_KEYS))
+        unknown = sorted((set(wanted) | set(defaults)) - set(PORT_KEYS))
         if unknown:
             raise ValueError(f"unknown port keys {unknown}; known: {list(PORT_KEYS)}")
         saved = json.loads(path.read_text()) if path.exists() else {}
-        ports = {key: int(wanted.get(key) or saved.get(key) or 0) for key in PORT_KEYS}
+        ports = {key: int(wanted.get(key) or saved.get(key) or defaults.get(key) or 0) for key in PORT_KEYS}
         missing = [key for key, port in ports.items() if not port]
-        taken = set(ports.values())
-        fresh = [p for p in procs.free_ports(len(missing) + len(taken)) if p not in taken]
+        fresh = [p for p in procs.free_ports(len(missing) + len(PORT_KEYS)) if p not in ports.values()]
         ports.update(zip(missing, fresh, strict=False))
         if ports != saved:
+            running = [name for name, service in self.services.items() if service.pid() is not None]
+            if saved and running:
+                names = ", ".join(running)
+                raise procs.StartError(
+                    f"{names} in {self.home} run on ports {saved}: stop them to use {ports}"
+                )
             path.write_text(json.dumps(ports, indent=2) + "\n")
         return ports
 

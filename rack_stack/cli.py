@@ -1,0 +1,96 @@
+"""`python -m rack_stack up|down|status|env`: run a local rack on this machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from rack_stack.app import CHECKOUT
+from rack_stack.procs import StartError
+from rack_stack.stack import APP_SERVICES, SERVICES, Stack
+
+DEFAULT_PORTS = {"postgres": 15432, "redis": 16379, "registry": 15000, "api": 15443}
+PORT_VARIABLES = {
+    "postgres": "RACK_PG_PORT",
+    "redis": "RACK_REDIS_PORT",
+    "registry": "RACK_REGISTRY_PORT",
+    "api": "RACK_API_PORT",
+}
+
+
+def local_stack(home: str | None) -> Stack:
+    """Return the stack in `home`, $RACK_HOME or `<checkout>/.rack`.
+
+    Ports come from $RACK_*_PORT, else from the stack's ports.json, else DEFAULT_PORTS.
+    """
+    folder = Path(home or os.environ.get("RACK_HOME") or CHECKOUT / ".rack")
+    ports = {key: int(os.environ[var]) for key, var in PORT_VARIABLES.items() if os.environ.get(var)}
+    try:
+        return Stack(folder, ports, default_ports=DEFAULT_PORTS)
+    except (StartError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+home_option = click.option("--home", type=click.Path(file_okay=False), help="State folder [default: .rack]")
+
+
+@click.group()
+def main() -> None:
+    """Run the rack and the services it needs on loopback."""
+
+
+@main.command()
+@home_option
+@click.option("--services-only", is_flag=True, help="Start Postgres, Redis, dockerd and the registry only.")
+def up(home: str | None, services_only: bool) -> None:
+    """Start whatever is not running yet and print how to use it."""
+    stack = local_stack(home)
+    names = SERVICES if services_only else (*SERVICES, *APP_SERVICES)
+    began = time.monotonic()
+    try:
+        started = stack.start(SERVICES)
+        stack.seed_base_image()
+        if not services_only:
+            started.update(stack.start(APP_SERVICES))
+    except StartError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name in names:
+        service = stack.services[name]
+        word = "started" if started[name] else "already up"
+        click.echo(f"{name:<9} {word:<10} pid {service.pid():<7} {service.address}")
+    env_file = stack.write_env_file()
+    click.echo(f"ready in {time.monotonic() - began:.1f}s; state in {stack.home}")
+    click.echo(f"\nsettings:  . {env_file}")
+    click.echo(f"log in:    export RACK_URL=http://convox:{stack.password}@127.0.0.1:{stack.ports['api']}")
+
+
+@main.command()
+@home_option
+def down(home: str | None) -> None:
+    """Stop the API, the worker and the services."""
+    stack = local_stack(home)
+    for name, was_running in stack.stop().items():
+        click.echo(f"{name:<9} {'stopped' if was_running else 'not running'}")
+
+
+@main.command()
+@home_option
+def status(home: str | None) -> None:
+    """Show what runs; exit 1 if a service (not counting the API and worker) is down."""
+    stack = local_stack(home)
+    report = stack.status()
+    for name, state in report.items():
+        word = "up" if state["up"] else ("not answering" if state["pid"] else "down")
+        click.echo(f"{name:<9} {word:<14} pid {state['pid'] or '-':<7} {state['address']}")
+    sys.exit(0 if all(report[name]["up"] for name in SERVICES) else 1)
+
+
+@main.command()
+@home_option
+def env(home: str | None) -> None:
+    """Print the RACK_* settings as shell `export` lines."""
+    click.echo(local_stack(home).write_env_file().read_text(), nl=False)
