@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from rack import builds
+from rack import builds, lifecycle
 from rack_api.params import as_json, flag, limit, listing, param, rack
 
 bp = Blueprint("builds", __name__)
@@ -42,6 +42,11 @@ def update(app: str, build_id: str):
     names = ("ended", "entrypoint", "logs", "manifest", "release", "started", "status", "description")
     changes = {name: param(name) for name in names if param(name) is not None}
     return as_json(builds.serialize(builds.update(rack(), app, build_id, changes)))
+
+
+@bp.post("/apps/<app>/builds/<build_id>/cancel")
+def cancel(app: str, build_id: str):
+    return as_json(builds.serialize(lifecycle.cancel(rack(), app, build_id)))
 
 
 def init_app(app: Flask) -> None:

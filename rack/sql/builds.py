@@ -135,3 +135,15 @@ def expired_created(conn, *, older_than_seconds: int) -> list[dict]:
         " AND started < now() - make_interval(secs => %s)",
         (older_than_seconds,),
     )
+
+
+def overdue_running(conn, *, default_timeout: int, grace: int) -> list[dict]:
+    """Running builds past their app's (or the rack's) build timeout plus a grace period."""
+    return fetchall(
+        conn,
+        "SELECT b.*, COALESCE(a.build_timeout, %(default)s) AS timeout FROM builds b"
+        " JOIN apps a ON a.name = b.app WHERE b.status = 'running'"
+        " AND b.running_at < now()"
+        " - make_interval(secs => COALESCE(a.build_timeout, %(default)s) + %(grace)s)",
+        {"default": default_timeout, "grace": grace},
+    )

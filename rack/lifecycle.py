@@ -1,0 +1,95 @@
+"""Ending builds from outside their worker: cancel, and the reaper for lost, expired and overdue builds."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from rack import apps, objects
+from rack.context import Rack
+from rack.errors import NotFound, RackError
+from rack.ids import check_id
+from rack.logs import BuildLog
+from rack.sql import builds as sql
+
+log = logging.getLogger(__name__)
+
+# A worker may overrun the build timeout by this much while it stops the build itself.
+TIMEOUT_GRACE = 60
+
+
+def logs_url(row: dict) -> str:
+    return objects.url(row["app"], f"build/{row['id']}/logs")
+
+
+def store_log(rack: Rack, row: dict) -> None:
+    """Copy the build's stream into the object store, where finished builds' logs are read from."""
+    text = BuildLog(rack.redis, row["id"]).text()
+    objects.put_bytes_stream(rack, row["app"], f"build/{row['id']}/logs", io.BytesIO(text))
+
+
+def fail(
+    rack: Rack, row: dict, *, reason: str, only_from: tuple[str, ...] = ("created", "running")
+) -> dict | None:
+    """Fail a build unless something ended it first; log why, store the log, end the stream."""
+    with rack.db.transaction() as conn:
+        ended = sql.finish(
+            conn,
+            id=row["id"],
+            status="failed",
+            reason=reason,
+            only_from=only_from,
+            fields={"logs": logs_url(row)},
+        )
+    if ended is None:
+        return None
+    build_log = BuildLog(rack.redis, row["id"])
+    try:
+        build_log.append(f"ERROR: {reason}\n")
+        store_log(rack, ended)
+        build_log.end("failed", ttl=rack.settings.log_stream_ttl)
+    except RackError as exc:  # Redis or the store is down: the build is failed all the same
+        log.warning("build %s failed (%s) but its log could not be closed: %s", row["id"], reason, exc)
+    return ended
+
+
+def cancel(rack: Rack, app: str, build_id: str) -> dict:
+    """Cancel a build in any state: a queued one never runs, a running one is stopped by its worker."""
+    check_id("build", build_id)
+    apps.get(rack, app)
+    with rack.db.transaction() as conn:
+        row = sql.request_cancel(conn, id=build_id) or sql.get(conn, app=app, id=build_id)
+    if row is None or row["app"] != app:
+        raise NotFound(f"build not found: {build_id}")
+    if row["status"] in ("created", "running"):
+        fail(rack, row, reason="cancelled: the build was cancelled")
+    with rack.db.transaction() as conn:
+        return sql.get(conn, app=app, id=build_id)
+
+
+def reap(rack: Rack) -> list[tuple[str, str]]:
+    """Fail builds whose worker stopped heartbeating, that waited too long, or that ran past their timeout."""
+    settings = rack.settings
+    with rack.db.transaction() as conn:
+        lost = sql.stale_running(conn, older_than_seconds=settings.heartbeat_timeout)
+        expired = sql.expired_created(conn, older_than_seconds=settings.queue_expiry)
+        overdue = sql.overdue_running(conn, default_timeout=settings.build_timeout, grace=TIMEOUT_GRACE)
+    done = []
+    for row in lost:
+        reason = (
+            f"worker-lost: the worker running this build ({row['process']}) stopped responding"
+            f" for over {settings.heartbeat_timeout}s"
+        )
+        if fail(rack, row, reason=reason, only_from=("running",)):
+            done.append((row["id"], reason))
+    for row in expired:
+        reason = f"expired: no worker started this build within {settings.queue_expiry}s"
+        if fail(rack, row, reason=reason, only_from=("created",)):
+            done.append((row["id"], reason))
+    for row in overdue:
+        reason = f"timeout: the build ran longer than its limit of {row['timeout']}s"
+        if fail(rack, row, reason=reason, only_from=("running",)):
+            done.append((row["id"], reason))
+    for build_id, reason in done:
+        log.warning("reaped build %s: %s", build_id, reason)
+    return done

@@ -1,0 +1,101 @@
+"""Cancel and the reaper, on the real Postgres, Redis and object store (no Docker needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rack import lifecycle
+from rack.db import execute
+from rack.logs import BuildLog
+from rack.sql import builds as sql
+
+
+@pytest.fixture
+def build(client, rack):
+    client.post("/apps", data={"name": "myapp"})
+    url = client.post("/apps/myapp/objects/tmp/src.tgz", data=b"x").get_json()["Url"]
+    return client.post("/apps/myapp/builds", data={"url": url}).get_json()
+
+
+def stored_log(client, build_id) -> bytes:
+    row = client.get(f"/apps/myapp/builds/{build_id}").get_json()
+    key = row["logs"].split("/", 3)[3]
+    return client.get(f"/apps/myapp/objects/{key}").data
+
+
+def test_cancel_a_queued_build(client, rack, build):
+    resp = client.post(f"/apps/myapp/builds/{build['id']}/cancel")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "failed"
+    assert body["reason"].startswith("cancelled")
+    # A worker picking the task up later does not run it.
+    with rack.db.transaction() as conn:
+        assert sql.mark_running(conn, id=build["id"], process="late-worker") is None
+    log = BuildLog(rack.redis, build["id"])
+    assert log.last_entry().end_status == "failed"
+    assert b"ERROR: cancelled" in stored_log(client, build["id"])
+
+
+def test_cancel_a_running_build_and_again(client, rack, build):
+    with rack.db.transaction() as conn:
+        sql.mark_running(conn, id=build["id"], process="w1")
+    BuildLog(rack.redis, build["id"]).append("Building: web\n")
+    first = client.post(f"/apps/myapp/builds/{build['id']}/cancel").get_json()
+    assert first["status"] == "failed"
+    # The worker's heartbeat now finds its build gone from `running`: that is its signal to stop.
+    with rack.db.transaction() as conn:
+        assert sql.heartbeat(conn, id=build["id"], process="w1") is None
+    second = client.post(f"/apps/myapp/builds/{build['id']}/cancel")
+    assert second.status_code == 200
+    assert second.get_json() == first
+    assert stored_log(client, build["id"]).startswith(b"Building: web\nERROR: cancelled")
+
+
+def test_cancel_a_finished_build_changes_nothing(client, rack, build):
+    with rack.db.transaction() as conn:
+        sql.finish(conn, id=build["id"], status="complete")
+    body = client.post(f"/apps/myapp/builds/{build['id']}/cancel").get_json()
+    assert body["status"] == "complete"
+    assert body["reason"] == ""
+
+
+def test_cancel_unknown_build_is_404(client, build):
+    assert client.post("/apps/myapp/builds/BNOSUCHBLDX/cancel").status_code == 404
+
+
+def test_reaper_fails_a_build_whose_worker_stopped(client, rack, build):
+    with rack.db.transaction() as conn:
+        sql.mark_running(conn, id=build["id"], process="dead-worker")
+    BuildLog(rack.redis, build["id"]).append("Step 1/2 : FROM busybox\n")
+    assert lifecycle.reap(rack) == []  # heartbeat is fresh
+    with rack.db.transaction() as conn:
+        execute(
+            conn, "UPDATE builds SET heartbeat = now() - interval '10 minutes' WHERE id = %s", (build["id"],)
+        )
+    [(build_id, reason)] = lifecycle.reap(rack)
+    assert build_id == build["id"]
+    body = client.get(f"/apps/myapp/builds/{build['id']}").get_json()
+    assert body["status"] == "failed"
+    assert body["reason"].startswith("worker-lost")
+    assert stored_log(client, build["id"]).startswith(b"Step 1/2 : FROM busybox\nERROR: worker-lost")
+    assert lifecycle.reap(rack) == []
+
+
+def test_reaper_expires_builds_no_worker_took(client, rack, build):
+    with rack.db.transaction() as conn:
+        execute(conn, "UPDATE builds SET started = now() - interval '2 days' WHERE id = %s", (build["id"],))
+    [(build_id, reason)] = lifecycle.reap(rack)
+    assert reason.startswith("expired")
+    assert client.get(f"/apps/myapp/builds/{build_id}").get_json()["status"] == "failed"
+
+
+def test_reaper_times_out_builds_past_the_app_limit(client, rack, build):
+    with rack.db.transaction() as conn:
+        sql.mark_running(conn, id=build["id"], process="slow-worker")
+        execute(conn, "UPDATE apps SET build_timeout = 5 WHERE name = 'myapp'")
+        execute(
+            conn, "UPDATE builds SET running_at = now() - interval '2 minutes' WHERE id = %s", (build["id"],)
+        )
+    [(_, reason)] = lifecycle.reap(rack)
+    assert reason == "timeout: the build ran longer than its limit of 5s"
