@@ -22,9 +22,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": settings.build_timeout + 600},
         task_time_limit=settings.build_timeout + 120,
-        beat_schedule={
-            "reap": {"task": "rack_worker.tasks.reap", "schedule": float(settings.heartbeat_interval)},
-        },
     )
     app.conf.rack_settings = settings
     return app

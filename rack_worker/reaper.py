@@ -1,0 +1,38 @@
+"""Every worker reaps: a thread that fails lost, expired and overdue builds on a timer.
+
+Several workers reaping at once is safe: each build is ended by one guarded UPDATE, so one wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from rack import lifecycle
+from rack.config import load_settings
+from rack.context import Rack
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+
+
+def reap_forever(rack: Rack, stop: threading.Event) -> None:
+    """Run the reaper every heartbeat interval until told to stop; outages only delay it."""
+    while not stop.wait(rack.settings.heartbeat_interval):
+        try:
+            lifecycle.reap(rack)
+        except Exception:  # Postgres or Redis away: try again next round
+            log.warning("reaper round failed", exc_info=True)
+
+
+@worker_ready.connect
+def start_reaper(**_kw) -> None:
+    rack = Rack(load_settings())
+    threading.Thread(target=reap_forever, args=(rack, _stop), name="rack-reaper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def stop_reaper(**_kw) -> None:
+    _stop.set()
