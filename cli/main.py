@@ -39,3 +39,14 @@ def rack() -> None:
 
 
 main.add_command(apps)
+
+from cli.build import build, deploy  # noqa: E402
+from cli.builds import builds  # noqa: E402
+from cli.env import env  # noqa: E402
+from cli.releases import releases  # noqa: E402
+
+main.add_command(build)
+main.add_command(deploy)
+main.add_command(builds)
+main.add_command(releases)
+main.add_command(env)

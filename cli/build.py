@@ -1,0 +1,220 @@
+"""`convox build` and `convox deploy`: package, upload, build, follow the log, and promote."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import click
+
+from cli.appname import app_option, resolve_app
+from cli.client import RackClient
+from cli.source import Upload, package, size_of
+
+FINAL = ("complete", "failed")
+
+
+def _poll_build(client: RackClient, app: str, build_id: str, *, out: BinaryIO) -> dict:
+    """Wait for the build to end, polling every second, then copy its stored log to `out`."""
+    while True:
+        build = client.get(f"/apps/{app}/builds/{build_id}")
+        if build["status"] in FINAL:
+            break
+        time.sleep(1)
+    resp = client.get(f"/apps/{app}/builds/{build_id}/logs", expect_json=False, stream=True)
+    for chunk in resp.iter_content(64 * 1024):
+        out.write(chunk)
+    out.flush()
+    return build
+
+
+# The streaming follower lives in cli/logs.py once it lands; switching is this one line.
+follow_build = _poll_build
+
+
+@dataclass
+class Say:
+    """Progress messages: stdout normally, stderr under `--id` so stdout holds only the release id."""
+
+    quiet: bool
+
+    def __call__(self, message: str, *, nl: bool = True) -> None:
+        click.echo(message, nl=nl, err=self.quiet)
+
+    def binary(self) -> BinaryIO:
+        return click.get_binary_stream("stderr" if self.quiet else "stdout")
+
+
+def build_options(fn):
+    """Attach the flags `convox build` and `convox deploy` share."""
+    options = [
+        click.argument("directory", default=".", type=click.Path(exists=True, file_okay=False)),
+        app_option,
+        click.option(
+            "-d", "--description", default=None, help="describe the build (default: the git commit)"
+        ),
+        click.option("-m", "--manifest", default="convox.yml", show_default=True, help="the manifest file"),
+        click.option(
+            "--build-args", "build_args", multiple=True, metavar="K=V", help="a build arg (repeatable)"
+        ),
+        click.option("--no-cache", is_flag=True, help="build without the Docker layer cache"),
+        click.option("--development", is_flag=True, help="build the Dockerfile's development target"),
+        click.option("--id", "id_only", is_flag=True, help="logs on stderr, only the release id on stdout"),
+        click.option("-w", "--wait", is_flag=True, hidden=True, help="accepted for v2 compatibility"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _git(directory: str, *args: str) -> str | None:
+    """Run git in the folder; None when git is missing or says no."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", directory, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_details(directory: str, description: str | None) -> tuple[str, str]:
+    """Return (description, git-sha): a clean checkout describes itself as Convox does."""
+    if description is None:
+        description = ""
+        if _git(directory, "diff", "--quiet") is not None:
+            head = _git(directory, "log", "-n", "1", "--pretty=%h %s", "--abbrev=10")
+            if head:
+                description = f"build {head.splitlines()[0]}"
+    sha = (_git(directory, "rev-parse", "HEAD") or "").strip()
+    return description, sha
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _progress():
+    """Show the upload's percentage on a terminal's stderr; nothing when stderr is not a terminal."""
+    err = click.get_text_stream("stderr")
+    if not err.isatty():
+        return None, lambda: None
+    last = [-1]
+
+    def show(sent: int, total: int) -> None:
+        pct = sent * 100 // total if total else 100
+        if pct != last[0]:
+            last[0] = pct
+            err.write(f"{pct:3d}%\b\b\b\b")
+            err.flush()
+
+    def clear() -> None:
+        err.write("    \b\b\b\b")
+        err.flush()
+
+    return show, clear
+
+
+def upload(client: RackClient, app: str, fh: BinaryIO, say: Say) -> str:
+    """Upload the packaged source as a temp object of the app; return its object:// URL."""
+    limit = int((client.get("/system").get("parameters") or {}).get("MaxUploadBytes") or 0)
+    size = size_of(fh)
+    if limit and size > limit:
+        raise click.ClickException(
+            f"the source is {_human(size)} but the rack accepts at most {_human(limit)}:"
+            " list large or generated files in .dockerignore"
+        )
+    say("Uploading source... ", nl=False)
+    show, clear = _progress()
+    try:
+        obj = client.post(
+            f"/apps/{app}/objects/tmp/{secrets.token_hex(15)}.tgz",
+            data=Upload(fh, progress=show),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=(30, 600),
+        )
+    finally:
+        clear()
+    say("OK")
+    return obj["Url"]
+
+
+def run_build(
+    directory: str,
+    *,
+    app: str | None,
+    description: str | None,
+    manifest: str,
+    build_args: tuple[str, ...],
+    no_cache: bool,
+    development: bool,
+    say: Say,
+) -> tuple[RackClient, str, dict]:
+    """Package, upload, start and follow a build; return the client, the app and the finished build."""
+    client = RackClient()
+    app = resolve_app(app, directory)
+    for arg in build_args:
+        if "," in arg:
+            raise click.BadParameter(f"{arg!r}: values cannot contain commas", param_hint="--build-args")
+    description, git_sha = git_details(directory, description)
+    client.get(f"/apps/{app}")  # a missing app fails here, before packaging a large folder
+
+    say("Packaging source... ", nl=False)
+    with package(directory, manifest=manifest) as fh:
+        say("OK")
+        url = upload(client, app, fh, say)
+
+    say("Starting build... ", nl=False)
+    form = {"url": url, "description": description, "manifest": manifest, "git-sha": git_sha}
+    if build_args:
+        form["build-args"] = ",".join(build_args)
+    if no_cache:
+        form["no-cache"] = "true"
+    if development:
+        form["development"] = "true"
+    started = client.post(f"/apps/{app}/builds", data=form)
+    say("OK")
+
+    build = follow_build(client, app, started["id"], out=say.binary())
+    if build.get("status") != "complete":
+        reason = build.get("reason") or f"the build ended as {build.get('status') or 'unknown'}"
+        raise click.ClickException(f"build failed: {reason}")
+    return client, app, build
+
+
+def _finish(build: dict, say: Say) -> None:
+    say(f"Build:   {build['id']}")
+    say(f"Release: {build['release']}")
+
+
+@click.command()
+@build_options
+def build(directory: str, id_only: bool, wait: bool, **opts) -> None:
+    """Build an app from a folder and create a release."""
+    say = Say(quiet=id_only)
+    _, _, result = run_build(directory, say=say, **opts)
+    _finish(result, say)
+    if id_only:
+        click.echo(result["release"], nl=False)
+
+
+@click.command()
+@build_options
+@click.option("--force", is_flag=True, help="accepted for compatibility: promotion never waits on a rollout")
+def deploy(directory: str, id_only: bool, wait: bool, force: bool, **opts) -> None:
+    """Build an app from a folder and promote the release."""
+    say = Say(quiet=id_only)
+    client, app, result = run_build(directory, say=say, **opts)
+    _finish(result, say)
+    say(f"Promoting {result['release']}... ", nl=False)
+    client.post(f"/apps/{app}/releases/{result['release']}/promote", expect_json=False)
+    say("OK")
+    if id_only:
+        click.echo(result["release"], nl=False)

@@ -1,0 +1,69 @@
+"""`convox builds` and `builds info`."""
+
+from __future__ import annotations
+
+import click
+
+from cli.appname import app_option, resolve_app
+from cli.client import RackClient
+from cli.output import ago, elapsed, info, table
+
+
+@click.group(invoke_without_command=True)
+@app_option
+@click.option("-l", "--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.pass_context
+def builds(ctx: click.Context, app: str | None, limit: int) -> None:
+    """List an app's builds, newest first."""
+    ctx.ensure_object(dict)["app"] = app
+    if ctx.invoked_subcommand is not None:
+        return
+    app = resolve_app(app)
+    rows = RackClient().get(f"/apps/{app}/builds", params={"limit": limit})
+    table(
+        ["ID", "STATUS", "RELEASE", "STARTED", "ELAPSED", "DESCRIPTION"],
+        [
+            [
+                b["id"],
+                b["status"],
+                b["release"],
+                ago(b["started"]),
+                elapsed(b["started"], b["ended"]),
+                b["description"],
+            ]
+            for b in rows
+        ],
+    )
+
+
+def format_images(images: dict | list | None) -> str:
+    """Show image digests as `service=digest`, one service after another."""
+    if isinstance(images, dict):
+        return " ".join(f"{name}={digest}" for name, digest in sorted(images.items()))
+    return " ".join(
+        f"{i.get('service', '')}={i.get('digest', '')}" if isinstance(i, dict) else str(i)
+        for i in images or []
+    )
+
+
+@builds.command(name="info")
+@click.argument("build_id", metavar="ID")
+@app_option
+@click.pass_context
+def build_info(ctx: click.Context, build_id: str, app: str | None) -> None:
+    """Show a build."""
+    app = resolve_app(app or ctx.obj.get("app"))
+    b = RackClient().get(f"/apps/{app}/builds/{build_id}")
+    rows = [
+        ("Id", b["id"]),
+        ("Status", b["status"]),
+        ("Release", b["release"]),
+        ("Description", b["description"]),
+        ("Started", ago(b["started"])),
+        ("Elapsed", elapsed(b["started"], b["ended"])),
+    ]
+    if b["status"] == "failed":
+        rows.append(("Reason", b.get("reason") or ""))
+    if b.get("images"):
+        rows.append(("Images", format_images(b["images"])))
+    info(rows)
