@@ -35,7 +35,7 @@ class Database:
         """Yield a connection in a transaction: commit on success, roll back on error."""
         try:
             pool = self._get_pool()
-            conn = pool.getconn()
+            conn = self._live_connection(pool)
         except psycopg2.OperationalError as exc:
             raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
         broken = False
@@ -47,6 +47,19 @@ class Database:
             raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
         finally:
             pool.putconn(conn, close=broken or conn.closed != 0)
+
+    def _live_connection(self, pool):
+        """Take a pooled connection that still answers; drop those a database restart broke."""
+        for _ in range(self.maxconn + 1):
+            conn = pool.getconn()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                pool.putconn(conn, close=True)
+        raise psycopg2.OperationalError("no working database connection")
 
     def close(self) -> None:
         with self._lock:
