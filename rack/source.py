@@ -1,0 +1,306 @@
+"""Fetch a build's source into a private directory: extract an uploaded tarball or clone a git URL."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import gzip
+import os
+import posixpath
+import re
+import signal
+import stat
+import subprocess
+import tarfile
+import time
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from rack.errors import BuildPlatformError, BuildUserError
+
+CODE = "user:source"
+TRUNCATED = "the source archive is truncated or not a .tgz"
+_CHUNK = 64 * 1024
+# pax and GNU long-name headers are read into memory whole, so they get their own small cap
+_MAX_HEADER = 1024 * 1024
+_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+_SPECIAL = {tarfile.CHRTYPE: "a char device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a fifo"}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHA = re.compile(r"[0-9a-f]{7,40}")
+_scrub = functools.partial(re.compile(r"(://)[^/@\s]+@").sub, r"\1***@")  # hide user:token@ in URLs
+
+
+def _refuse(message: str) -> BuildUserError:
+    return BuildUserError(CODE, message)
+
+
+def _bad(name: str, problem: str) -> BuildUserError:
+    return _refuse(f"source archive entry {name!r} {problem}")
+
+
+class _Member(tarfile.TarInfo):
+    """A tar header that caps metadata blocks and tells a truncated archive from a finished one."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.HeaderError:
+            if len(buf) == tarfile.BLOCKSIZE and not buf.strip(b"\0"):
+                raise  # the end-of-archive marker: tarfile stops there
+            # tarfile silently stops at a bad or missing header after the first one; we refuse
+            raise _refuse(TRUNCATED) from None
+
+    def _proc_member(self, tar):
+        if self.type in _HEADER_TYPES and self.size > _MAX_HEADER:
+            raise _refuse(f"the source archive has a {self.size}-byte metadata header (limit {_MAX_HEADER})")
+        try:
+            return super()._proc_member(tar)
+        except tarfile.HeaderError:  # a bad pax record, or a metadata header with no member after it
+            raise _refuse(TRUNCATED) from None
+
+
+class _Peeked:
+    """A stream whose first bytes were already read to sniff its format."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.head = raw, raw.read(2)
+
+    def read(self, size: int = -1) -> bytes:
+        head, self.head = self.head, b""
+        return head or self.raw.read(size)
+
+
+class _Body:
+    """Read an archive decompressed, counting bytes so a compression bomb stops early."""
+
+    def __init__(self, raw: BinaryIO, limit: int, message: str) -> None:
+        src = _Peeked(raw)
+        self._read = gzip.GzipFile(fileobj=src, mode="rb").read if src.head == b"\x1f\x8b" else src.read
+        self._limit, self._message, self._count = limit, message, 0
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._read(size)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            raise _refuse(TRUNCATED) from None
+        self._count += len(data)
+        if self._count > self._limit:
+            raise _refuse(self._message)
+        return data
+
+
+def extract_tarball(fileobj: BinaryIO, dest: Path, *, max_bytes: int, max_entries: int) -> None:
+    """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe.
+
+    On a refusal dest may hold part of the tree; the caller owns dest and removes it.
+    """
+    root = os.path.realpath(dest)
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        if os.listdir(root_fd):
+            raise ValueError(f"{dest} must be an empty directory")
+        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries).run(fileobj)
+    finally:
+        os.close(root_fd)
+
+
+class _Extraction:
+    """Write archive members under one root, never following a link and never leaving the root."""
+
+    def __init__(self, root: str, root_fd: int, *, max_bytes: int, max_entries: int) -> None:
+        self.root, self.root_fd, self.max_bytes, self.max_entries = root, root_fd, max_bytes, max_entries
+        self.too_big = f"the source archive is larger than {max_bytes} bytes when extracted"
+        self.entries = self.total = 0
+        self.kinds: dict[str, str] = {}  # archive path -> "dir" | "file" | "link"
+        self.symlinks: list[tuple[str, str]] = []
+
+    def run(self, fileobj: BinaryIO) -> None:
+        slack = self.max_entries * 4 * tarfile.BLOCKSIZE + _MAX_HEADER  # for headers, padding, metadata
+        body = _Body(fileobj, self.max_bytes + slack, self.too_big)
+        try:
+            with tarfile.open(fileobj=body, mode="r|", tarinfo=_Member) as tar:
+                for member in tar:
+                    self.entries += 1
+                    if self.entries > self.max_entries:
+                        raise _refuse(f"the source archive has more than {self.max_entries} entries")
+                    try:
+                        self.add(tar, member)
+                    except OSError as exc:
+                        if exc.errno != errno.ENAMETOOLONG:
+                            raise
+                        raise _bad(member.name, "has a name that is too long") from None
+            while body.read(_CHUNK):  # to the end, so gzip checks its length and CRC
+                pass
+        except tarfile.ReadError:
+            raise _refuse(TRUNCATED) from None
+        # links are checked again against the finished tree: a later entry can change where one points
+        for path, name in self.symlinks:
+            full = os.path.join(self.root, path)
+            if os.path.islink(full) and os.path.commonpath([os.path.realpath(full), self.root]) != self.root:
+                raise _bad(name, "is a symlink that points outside the source")
+
+    def check(self, member: tarfile.TarInfo) -> list[str]:
+        """Return the member's path components, or refuse it with a message naming it."""
+        name, target = member.name, member.linkname
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()) or member.issparse():
+            kind = _SPECIAL.get(
+                member.type, "a sparse file" if member.issparse() else f"of type {member.type!r}"
+            )
+            raise _bad(name, f"is {kind}; only files, directories and links are allowed")
+        parts = _parts(name, name)
+        if member.issym():
+            resolved = posixpath.normpath(posixpath.join(*parts[:-1], target)) if target else ".."
+            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                raise _bad(name, f"is a symlink to {target!r}, outside the source")
+        elif member.islnk():
+            source = "/".join(_parts(target, name))
+            if source == "/".join(parts) or self.kinds.get(source) != "file":
+                raise _bad(name, f"is a hard link to {target!r}, which is not a file earlier in the archive")
+        try:
+            tarfile.data_filter(member, self.root)  # the standard checks too, in case ours miss one
+        except tarfile.FilterError as exc:
+            raise _bad(name, f"is unsafe: {exc}") from None
+        return parts
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts, name = self.check(member), member.name
+        if not parts:
+            return  # "./", the root itself
+        path = "/".join(parts)
+        if member.isdir():
+            os.close(self.open_dir(parts, name))
+            self.kinds[path] = "dir"
+            return
+        parent = self.open_dir(parts[:-1], name)
+        try:
+            try:  # a later entry replaces an earlier one of the same name, as tar does
+                os.unlink(parts[-1], dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            except (IsADirectoryError, PermissionError):
+                raise _bad(name, "would replace a directory") from None
+            if member.issym():
+                os.symlink(member.linkname, parts[-1], dir_fd=parent)
+                self.symlinks.append((path, name))
+            elif member.islnk():
+                source = _parts(member.linkname, name)
+                source_dir = self.open_dir(source[:-1], name)
+                try:
+                    os.link(
+                        source[-1], parts[-1], src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False
+                    )
+                finally:
+                    os.close(source_dir)
+            else:
+                self.write(tar, member, parent, parts[-1])
+            self.kinds[path] = "link" if member.issym() else "file"
+        finally:
+            os.close(parent)
+
+    def open_dir(self, parts: list[str], name: str) -> int:
+        """Open (creating as needed) the directory at parts, refusing to pass through a link or a file."""
+        fd = os.dup(self.root_fd)
+        for i, part in enumerate(parts):
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                where, mode = (
+                    "/".join(parts[: i + 1]),
+                    os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode,
+                )
+                kind = f"the symlink {where!r}" if stat.S_ISLNK(mode) else f"{where!r}, which is a file"
+                raise _bad(name, f"is inside {kind}") from None
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, leaf: str) -> None:
+        if member.size > self.max_bytes - self.total:
+            raise _refuse(self.too_big)
+        data = tar.extractfile(member)
+        with os.fdopen(os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
+            while chunk := data.read(_CHUNK):
+                self.total += len(chunk)
+                if self.total > self.max_bytes:
+                    raise _refuse(self.too_big)
+                out.write(chunk)
+            # tarfile's data filter rule: no setuid/setgid/sticky, no group/other write, owner rw
+            mode = (member.mode & 0o755) | 0o600
+            os.fchmod(out.fileno(), mode if mode & 0o100 else mode & ~0o111)
+            out.flush()  # before utime, or the last write would set mtime to now
+            with contextlib.suppress(OverflowError, ValueError):  # a nonsense mtime is not worth failing on
+                os.utime(out.fileno(), (member.mtime, member.mtime))
+
+
+def _parts(name: str, entry: str) -> list[str]:
+    """Split an archive path into components, refusing absolute paths and `..`."""
+    if "\0" in name:
+        raise _bad(entry, "has a NUL byte in a path")
+    if name.startswith("/"):
+        raise _bad(entry, f"has an absolute path {name!r}")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise _bad(entry, f"has a '..' path {name!r}")
+    return parts
+
+
+def clone_git(url: str, dest: Path, *, timeout: int, allow_local: bool = False) -> str:
+    """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha.
+
+    Local repositories (`file://` or an absolute path) need allow_local: a user-given URL must not read
+    the worker's own disk.
+    """
+    repo, _, ref = url.partition("#")
+    if repo.startswith("-") or ref.startswith("-"):
+        raise _refuse(f"git url {_scrub(url)!r} is refused: neither repository nor ref may start with '-'")
+    local = repo.startswith(("file://", "/"))
+    if not (repo.startswith(("https://", "http://")) or (allow_local and local)):
+        raise _refuse(f"git url {_scrub(url)!r} is not supported: use https://host/repo.git#ref")
+    protocols = "https:http:file" if local else "https:http"  # also binds submodules and redirects
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": protocols, "LC_ALL": "C"}
+    deadline = time.monotonic() + timeout
+
+    def git(*args: str, cwd: Path | None = None) -> str:
+        return _git(list(args), cwd=cwd, env=env, deadline=deadline, timeout=timeout)
+
+    if _SHA.fullmatch(ref):  # a sha may be any commit, so a shallow clone of the tip would not have it
+        git("clone", "--quiet", "--no-checkout", "--", repo, str(dest))
+        git("checkout", "--quiet", "--detach", ref, cwd=dest)
+    else:
+        git("clone", "--quiet", "--depth", "1", *(["--branch", ref] if ref else []), "--", repo, str(dest))
+    return git("rev-parse", "HEAD", cwd=dest).strip()
+
+
+def _git(args: list[str], *, cwd: Path | None, env: dict[str, str], deadline: float, timeout: int) -> str:
+    """Run one git command, killing its whole process group if the build's deadline passes."""
+    step, pipes = args[0], {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    try:
+        proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, start_new_session=True, **pipes)
+    except FileNotFoundError:
+        raise BuildPlatformError("platform:source", "git is not installed on this worker") from None
+    try:
+        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.001))
+    except subprocess.TimeoutExpired:
+        # git's helpers (remote-https, index-pack) hold the pipes too, so kill the group, not just git
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise _refuse(f"git {step} timed out after {timeout}s") from None
+    if proc.returncode:
+        tail = "\n".join(err.decode(errors="replace").strip().splitlines()[-10:])
+        raise _refuse(f"git {step} failed: {_scrub(tail) or f'exit status {proc.returncode}'}")
+    return out.decode(errors="replace")
