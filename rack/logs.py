@@ -1,8 +1,9 @@
 """A build's log as a Redis Stream: append lines as they come, follow from any offset, end with a status.
 
-The stream `rack:build:<ID>:log` holds one entry per line (a trailing partial line is an entry too) with
-fields `t` (ms since the epoch) and `d` (the masked bytes), then at most one entry with `end` (the final
-status) and `t`. The `d` fields joined are the log byte for byte; an entry id is a follower's offset.
+The stream `rack:build:<ID>:log` holds entries with fields `t` (ms since the epoch) and `d` (the masked
+bytes written in that ms: a line, a partial line, or all lines of that ms up to 16 KiB, so a fast build is
+cheap to follow), then at most one entry with `end` (the final status) and `t`. The `d` fields joined are
+the log byte for byte; an entry id is a follower's offset.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ log = logging.getLogger(__name__)
 
 LIVE_TTL = 7 * 24 * 3600
 BATCH_LINES = 1000
+MAX_ENTRY = 16 * 1024
 _OFFSET = re.compile(r"\d+(-\d+)?")
 Stop = Callable[[], bool]
 
-# ARGV: live ttl, batch tag, then time and data of each line. Refuses lines after the end entry (-1);
+# ARGV: live ttl, batch tag, then time and data of each entry. Refuses lines after the end entry (-1);
 # skips a batch whose tag is already on the last entry (0), which makes a retried batch harmless.
 # A stream that has no expiry yet gets the live ttl, so a key abandoned mid-build cannot live forever.
 _APPEND = """
@@ -65,11 +67,6 @@ class Entry(NamedTuple):
     end_status: str | None = None
 
 
-def key_for(build_id: str) -> str:
-    """Return the Redis key of a build's log stream."""
-    return f"rack:build:{build_id}:log"
-
-
 @contextlib.contextmanager
 def _guard() -> Iterator[None]:
     try:
@@ -91,6 +88,19 @@ def _entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     return Entry(raw_id.decode(), fields.get(b"d", b""), int(fields.get(b"t", 0)), status)
 
 
+def _entries(data: bytes) -> list[bytes]:
+    # Cut a large write at line ends into entries of at most MAX_ENTRY bytes; a longer line stays whole.
+    out: list[bytes] = []
+    start = 0
+    while len(data) - start > MAX_ENTRY:
+        end = data.rfind(b"\n", start, start + MAX_ENTRY) + 1 or data.find(b"\n", start) + 1 or len(data)
+        out.append(data[start:end])
+        start = end
+    if start < len(data):
+        out.append(data[start:])
+    return out
+
+
 class BuildLog:
     """Append to, follow and end one build's log stream; `redis` must not decode responses."""
 
@@ -101,7 +111,7 @@ class BuildLog:
             raise ValueError("a build log needs a Redis client made with decode_responses=False")
         self.redis = redis
         self.build_id = build_id
-        self.key = key_for(build_id)
+        self.key = f"rack:build:{build_id}:log"
         self.masker = masker if masker is not None else Masker()
         self.live_ttl = live_ttl
         self._append_script = redis.register_script(_APPEND)
@@ -109,29 +119,16 @@ class BuildLog:
         self._tag = os.urandom(6).hex()
         self._serial = itertools.count()  # next() on a count is atomic under the GIL
 
-    def lines(self, text: str | bytes) -> list[bytes]:
-        """Mask `text` and cut it into lines, each keeping its newline; a trailing partial line stays."""
-        if isinstance(text, bytes):
-            # surrogateescape round-trips any bytes, so masking never alters what isn't a secret.
-            masked = self.masker.mask(text.decode("utf-8", "surrogateescape"))
-            data = masked.encode("utf-8", "surrogateescape")
-        else:
-            data = self.masker.mask(text).encode("utf-8", "replace")
-        if b"\n" not in data[:-1]:
-            return [data] if data else []
-        parts = data.split(b"\n")
-        tail = parts.pop()
-        out = [part + b"\n" for part in parts]
-        if tail:
-            out.append(tail)
-        return out
+    def encode(self, text: str | bytes) -> bytes:
+        """Return `text` masked, as bytes."""
+        return self.masker.mask_bytes(text.encode("utf-8", "replace") if isinstance(text, str) else text)
 
     def append(self, text: str | bytes) -> None:
         """Append one or more lines (or a partial line), masked, stamped with the current time."""
         stamp = str(int(time.time() * 1000))
         flat: list[bytes | str] = []
-        for line in self.lines(text):
-            flat += (stamp, line)
+        for piece in _entries(self.encode(text)):
+            flat += (stamp, piece)
         for tag, pairs in self._chunks(flat):
             self._send(tag, pairs)
 
@@ -211,11 +208,9 @@ class BuildLog:
 
 
 class LogWriter:
-    """Batch appends to one build's log; flush every `flush_ms` or `flush_lines` lines, and on close."""
+    """Batch appends to one build's log; flush every `flush_ms` or `flush_lines` writes, and on close."""
 
-    # A failed flush keeps its lines for the next one and makes the next `write` raise `Unavailable`;
-    # the flusher thread retries. A writer never closed loses at most its last `flush_ms` of lines.
-
+    # A failed flush keeps its lines (the flusher retries) and makes the next `write` raise Unavailable.
     def __init__(self, log: BuildLog, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> None:
         self.log = log
         self.flush_s = flush_ms / 1000
@@ -242,17 +237,22 @@ class LogWriter:
         error, self._error = self._error, None
         if error is not None:
             raise error
-        lines = self.log.lines(text)
+        data = self.log.encode(text)
+        if not data:
+            return
         stamp = str(int(time.time() * 1000))
         with self._cond:
             if self._closed:
                 raise ValueError("write to a closed log writer")
-            before = self._count
+            buf, before = self._buf, self._count
             if not before:
                 self._first = time.monotonic()
-            for line in lines:
-                self._buf += (stamp, line)
-            self._count += len(lines)
+            if buf and buf[-2] == stamp and len(buf[-1]) + len(data) <= MAX_ENTRY:
+                buf[-1] += data  # same millisecond: share the entry
+            else:
+                for piece in _entries(data):
+                    buf += (stamp, piece)
+            self._count += 1
             if not before or before < self.flush_lines <= self._count:
                 self._cond.notify()
             full = self._count >= 4 * self.flush_lines
@@ -282,14 +282,10 @@ class LogWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._count or self._pending or self._closed):
-                    self._cond.wait()
-                deadline = self._first + self.flush_s
-                while not self._closed and self._count < self.flush_lines:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._cond.wait_for(lambda: self._count or self._pending or self._closed)
+                # Let a batch gather for flush_ms after its first line, unless it is already big.
+                timeout = self._first + self.flush_s - time.monotonic()
+                self._cond.wait_for(lambda: self._closed or self._count >= self.flush_lines, timeout)
                 if self._closed:
                     return  # close() sends the rest itself
             try:

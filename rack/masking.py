@@ -44,6 +44,15 @@ class Masker:
             return text
         return self._pattern.sub(MASK, text)
 
+    def mask_bytes(self, data: bytes) -> bytes:
+        """Return `data` with every secret replaced by `***`, other bytes untouched even if not UTF-8."""
+        if self._pattern is None:
+            return data
+        # surrogateescape round-trips any byte, so what isn't a secret comes back exactly as it was.
+        return self._pattern.sub(MASK, data.decode("utf-8", "surrogateescape")).encode(
+            "utf-8", "surrogateescape"
+        )
+
 
 def secret_values(build_args: Mapping[str, str], extra: Iterable[str] = ()) -> list[str]:
     """Select the build-arg values whose names look secret, plus the `extra` values (registry credentials)."""

@@ -12,7 +12,7 @@ import pytest
 import redis as redis_lib
 
 from rack.errors import Invalid, Unavailable
-from rack.logs import BuildLog, Entry, key_for
+from rack.logs import BuildLog, Entry
 from rack.masking import Masker, secret_values
 
 
@@ -107,11 +107,10 @@ def test_resuming_from_the_last_id_loses_and_repeats_nothing(redis_client):
     received: list[Entry] = []
 
     def writer() -> None:
-        with log.writer(flush_ms=2) as w:
-            for i in range(3000):
-                w.write(f"line {i}\n")
-                if i % 100 == 0:
-                    time.sleep(0.005)
+        for i in range(3000):
+            log.append(f"line {i}\n")  # one entry each, so the cuts fall between lines
+            if i % 100 == 0:
+                time.sleep(0.005)
         log.end("complete", ttl=60)
 
     thread = threading.Thread(target=writer)
@@ -148,10 +147,11 @@ def test_concurrent_writer_and_five_followers_receive_every_line_in_order(redis_
     writer.join(60)
     for t in threads:
         t.join(60)
-    expected = [b"%05d Step 3/9 : RUN pip install -r requirements.txt\n" % i for i in range(20_000)]
+    expected = b"".join(b"%05d Step 3/9 : RUN pip install -r requirements.txt\n" % i for i in range(20_000))
     for out in outs:
-        assert [e.data for e in out[:-1]] == expected
+        assert joined(out) == expected
         assert out[-1].end_status == "complete"
+        assert len(out) < 20_000  # lines written in the same millisecond share an entry
 
 
 def test_end_is_idempotent_and_later_lines_are_refused(redis_client, caplog):
@@ -201,10 +201,30 @@ def test_entries_carry_time_and_bytes(redis_client):
     before = int(time.time() * 1000)
     log.append(b"caf\xc3\xa9 \xff\xfe raw\r\nprogress 10%\rprogress 20%\n")
     log.append("")
+    log.append("partial ")
+    log.append("line\n")
     entries = log.read()
-    assert [e.data for e in entries] == [b"caf\xc3\xa9 \xff\xfe raw\r\n", b"progress 10%\rprogress 20%\n"]
+    assert [e.data for e in entries] == [
+        b"caf\xc3\xa9 \xff\xfe raw\r\nprogress 10%\rprogress 20%\n",
+        b"partial ",
+        b"line\n",
+    ]
     assert all(before <= e.time_ms <= time.time() * 1000 for e in entries)
-    assert redis_client.xrange(key_for(log.build_id))[0][1][b"d"] == entries[0].data
+    assert redis_client.xrange(f"rack:build:{log.build_id}:log")[0][1][b"d"] == entries[0].data
+
+
+def test_a_large_write_is_cut_at_line_ends(redis_client):
+    log = new_log(redis_client)
+    text = b"".join(b"%06d %s\n" % (i, b"x" * 90) for i in range(1000)) + b"y" * 40_000 + b"\nend"
+    log.append(text)
+    with log.writer() as w:
+        w.write(text)
+    sizes = [len(e.data) for e in log.read()]
+    assert log.text() == text + text
+    half = len(sizes) // 2
+    for part in (sizes[:half], sizes[half:]):
+        assert max(part[:-2]) <= 16 * 1024 and part[-2:] == [40_001, 3]  # a longer line stays whole
+    assert [e.data.endswith(b"\n") for e in log.read()].count(False) == 2
 
 
 def test_secrets_are_masked_before_they_reach_redis(redis_client):
