@@ -1,0 +1,326 @@
+"""The Docker engine as the pipeline sees it: build, pull, tag, push; docker errors become build errors."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shlex
+import threading
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from rack.config import Settings
+from rack.errors import BuildError, BuildPlatformError, BuildUserError
+
+Check = Callable[[], None]
+Lines = Generator[str, None, str]
+_STEP = re.compile(r"^Step \d+/\d+ : (\S+)")
+_RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})\s*$")
+_REMOVING = re.compile(r"^Removing intermediate container ([0-9a-f]{12,64})\s*$")
+_TRANSPORT = (requests.exceptions.RequestException, OSError)
+
+
+def _no_check() -> None:
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Turn docker SDK and transport errors raised while `doing` something into platform errors."""
+    try:
+        yield
+    except BuildError:
+        raise
+    except docker.errors.DockerException as exc:
+        raise BuildPlatformError("platform:engine", f"{doing}: {_first_line(exc)}") from exc
+    except _TRANSPORT as exc:
+        raise BuildPlatformError(
+            "platform:engine", f"{doing}: the Docker engine is unreachable ({exc})"
+        ) from exc
+
+
+class Progress:
+    """Condense pull and push progress to one line per layer status change."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def line(self, event: dict) -> str | None:
+        status = event.get("status")
+        if not status:
+            return None
+        layer = event.get("id")
+        if layer is None:
+            return f"{status}\n"
+        if self.seen.get(layer) == status:
+            return None
+        self.seen[layer] = status
+        return f"{layer}: {status}\n"
+
+
+class Engine:
+    """One session with a Docker engine; use it as a context manager so its connections always close."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._container: str | None = None  # the build step container running now, for interrupt()
+        self._lock = threading.Lock()
+        with engine_errors(f"connecting to the Docker engine at {settings.docker_host}"):
+            self.client = docker.DockerClient(base_url=settings.docker_host, timeout=300)
+        self.api = self.client.api
+        self._logged_in = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove a build container left running and close the engine's connections."""
+        self._remove_container()
+        self.client.close()
+
+    @property
+    def auth(self) -> dict | None:
+        s = self.settings
+        return (
+            {"username": s.registry_username, "password": s.registry_password}
+            if s.registry_username
+            else None
+        )
+
+    def login(self) -> None:
+        """Log in to the rack's registry once, so builds can pull `FROM` images from it."""
+        if self.auth is None or self._logged_in:
+            return
+        with engine_errors(f"logging in to the registry {self.settings.registry}"):
+            self.api.login(**self.auth, registry=self.settings.registry)
+        self._logged_in = True
+
+    def build(
+        self,
+        *,
+        context: Path,
+        dockerfile: str,
+        tag: str,
+        buildargs: dict[str, str],
+        target: str | None = None,
+        nocache: bool = False,
+        check: Check = _no_check,
+    ) -> Lines:
+        """Build an image, yielding its output as it comes; return the image id."""
+        self.login()
+        image_id = ""
+        step = ""
+        with engine_errors("building"):
+            try:
+                stream = self.api.build(
+                    path=str(context),
+                    dockerfile=dockerfile,
+                    tag=tag,
+                    buildargs=buildargs,
+                    target=target,
+                    nocache=nocache,
+                    pull=False,  # no outside registry: FROM images come from the engine or our registry
+                    rm=True,
+                    forcerm=True,
+                    network_mode="host",  # the engine runs with --bridge none
+                    container_limits=self._limits(),
+                    decode=True,
+                )
+            except docker.errors.APIError as exc:
+                raise _build_refused(exc, dockerfile) from exc
+            progress = Progress()
+            try:
+                for event in stream:
+                    check()
+                    if "error" in event or "errorDetail" in event:
+                        raise _step_error(event, step)
+                    text = event.get("stream")
+                    if text is not None:
+                        step = self._track(text, step)
+                        yield text
+                    elif (line := progress.line(event)) is not None:
+                        yield line
+                    image_id = (event.get("aux") or {}).get("ID", image_id)
+            finally:
+                stream.close()
+                self._remove_container()
+        check()
+        return image_id or self.image_id(tag)
+
+    def _track(self, text: str, step: str) -> str:
+        if text.startswith("Step "):
+            return text.strip()
+        if m := _RUNNING.match(text):
+            with self._lock:
+                self._container = m.group(1)
+        elif _REMOVING.match(text):
+            with self._lock:
+                self._container = None
+        return step
+
+    def _limits(self) -> dict | None:
+        limits: dict = {}
+        if self.settings.build_memory:
+            limits.update(memory=self.settings.build_memory, memswap=self.settings.build_memory)
+        if self.settings.build_cpus:
+            # The build endpoint's SDK takes no CPU quota, so pin to as many CPUs as allowed and weigh shares.
+            ncpu = int(self.api.info().get("NCPU") or 1)
+            count = max(1, min(ncpu, math.ceil(self.settings.build_cpus)))
+            limits.update(cpusetcpus=f"0-{count - 1}", cpushares=max(2, int(1024 * self.settings.build_cpus)))
+        return limits or None
+
+    def interrupt(self) -> None:
+        """Kill the build step container running now (safe to call from another thread)."""
+        with self._lock:
+            container = self._container
+        if container is None:
+            return
+        other = docker.APIClient(base_url=self.settings.docker_host, timeout=30)
+        try:
+            with contextlib.suppress(docker.errors.DockerException, *_TRANSPORT):
+                other.kill(container)
+        finally:
+            other.close()
+
+    def _remove_container(self) -> None:
+        with self._lock:
+            container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(docker.errors.DockerException, *_TRANSPORT):
+                self.api.remove_container(container, force=True)
+
+    def has_image(self, name: str) -> bool:
+        """Tell whether the engine has an image by this name or id."""
+        with engine_errors(f"looking up the image {name}"):
+            try:
+                self.api.inspect_image(name)
+            except docker.errors.ImageNotFound:
+                return False
+        return True
+
+    def image_id(self, name: str) -> str:
+        with engine_errors(f"inspecting the image {name}"):
+            return self.api.inspect_image(name)["Id"]
+
+    def entrypoint(self, name: str) -> str:
+        """Return an image's entrypoint as one shell-quoted string ("" when it has none)."""
+        with engine_errors(f"inspecting the image {name}"):
+            config = self.api.inspect_image(name).get("Config") or {}
+        return shlex.join(config.get("Entrypoint") or [])
+
+    def pull(self, image: str, *, check: Check = _no_check) -> Lines:
+        """Pull an image, yielding condensed progress; return its id."""
+        repository, tag = split_image(image)
+        progress = Progress()
+        with engine_errors(f"pulling {image}"):
+            try:
+                stream = self.api.pull(repository, tag, stream=True, decode=True, auth_config=self.auth)
+            except docker.errors.APIError as exc:
+                raise BuildUserError("user:image", f"can not pull {image}: {_first_line(exc)}") from exc
+            try:
+                for event in stream:
+                    check()
+                    if "error" in event or "errorDetail" in event:
+                        raise BuildUserError("user:image", f"can not pull {image}: {_event_message(event)}")
+                    if (line := progress.line(event)) is not None:
+                        yield line
+            finally:
+                stream.close()
+        return self.image_id(image)
+
+    def tag(self, source: str, target: str) -> None:
+        """Tag an image (`target` is `repository:tag`)."""
+        repository, tag = split_image(target)
+        with engine_errors(f"tagging {source} as {target}"):
+            self.api.tag(source, repository, tag, force=True)
+
+    def push(self, image: str, *, check: Check = _no_check) -> Lines:
+        """Push an image, yielding condensed progress; return the digest the registry gave it."""
+        repository, tag = split_image(image)
+        progress = Progress()
+        digest = ""
+        try:
+            with engine_errors(f"pushing {image}"):
+                stream = self.api.push(repository, tag, stream=True, decode=True, auth_config=self.auth)
+                try:
+                    for event in stream:
+                        check()
+                        if "error" in event or "errorDetail" in event:
+                            raise BuildPlatformError(
+                                "platform:registry", f"pushing {image} failed: {_event_message(event)}"
+                            )
+                        digest = (event.get("aux") or {}).get("Digest", digest)
+                        if (line := progress.line(event)) is not None:
+                            yield line
+                finally:
+                    stream.close()
+        except BuildPlatformError as exc:
+            if exc.code != "platform:engine":
+                raise
+            raise BuildPlatformError("platform:registry", exc.message) from exc
+        if not digest:
+            raise BuildPlatformError("platform:registry", f"pushing {image} gave no digest")
+        return digest
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """Split `repo[:tag]` or `repo@digest` (the repo may hold a `host:port/`) into repository and tag."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    name, _, tail = image.rpartition("/")
+    if ":" in tail:
+        tail, tag = tail.split(":", 1)
+    else:
+        tag = "latest"
+    return (f"{name}/{tail}" if name else tail), tag
+
+
+def drain(lines: Lines, write: Callable[[str], None]):
+    """Write every line a generator yields and return its return value."""
+    while True:
+        try:
+            write(next(lines))
+        except StopIteration as stop:
+            return stop.value
+
+
+def _event_message(event: dict) -> str:
+    return str((event.get("errorDetail") or {}).get("message") or event.get("error") or event).strip()
+
+
+def _build_refused(exc: docker.errors.APIError, dockerfile: str) -> BuildError:
+    message = _first_line(exc)
+    if exc.is_client_error() or "Dockerfile" in message or "dockerfile" in message:
+        return BuildUserError("user:dockerfile", f"{dockerfile}: {message}")
+    return BuildPlatformError("platform:engine", f"the engine refused the build: {message}")
+
+
+def _step_error(event: dict, step: str) -> BuildError:
+    message = _event_message(event)
+    if "no space left on device" in message:
+        return BuildPlatformError("platform:disk", f"{step}: {message}" if step else message)
+    if not step:
+        return BuildUserError("user:dockerfile", message)
+    instruction = m.group(1).upper() if (m := _STEP.match(step)) else ""
+    if instruction == "FROM":
+        return BuildUserError(
+            "user:base-image",
+            f"{step}: the image is neither in the engine nor in the rack's registry ({message})",
+        )
+    if message.endswith("returned a non-zero code: 137"):
+        message += " (the step was killed: out of memory, or stopped)"
+    return BuildUserError("user:step", f"{step}: {message}")
