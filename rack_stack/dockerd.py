@@ -77,6 +77,9 @@ class Dockerd(Service):
         for pid in procs.pids_with(str(containerd / "containerd.sock")):
             procs.kill(pid, timeout=5)
         procs.kill(procs.read_pid(containerd / "containerd.pid"), timeout=10, name="containerd")
+        # dockerd adopts a containerd by this pid if it still exists (dying, or not yet reaped), then
+        # times out waiting for its socket: make it start a fresh one.
+        (containerd / "containerd.pid").unlink(missing_ok=True)
         # dockerd leaves its netns/default bind mount (and, if killed, container mounts) behind,
         # which would pile up on every restart and make the folder impossible to delete.
         for mount in sorted(_mounts_under(self.exec_root, self.home / "docker"), reverse=True):

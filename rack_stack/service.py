@@ -66,6 +66,7 @@ class Service:
                 + procs.log_tail(self.log)
             )
         self.pidfile.unlink(missing_ok=True)  # stale: its process is gone
+        self.cleanup()
         pid = self.launch()
         if not self.wait_ready(pid):
             procs.kill(pid, sig=self.stop_signal, timeout=5)

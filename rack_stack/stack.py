@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,8 +28,10 @@ PORT_KEYS = ("postgres", "redis", "registry", "api")
 _CLASSES: dict[str, type[Service]] = {
     cls.name: cls for cls in (Postgres, Redis, Dockerd, Registry, Api, Worker)
 }
-# Unix socket paths must fit in 108 bytes; dockerd's containerd adds ~35 to its exec root.
-_SHORT_PATH = 60
+# A unix socket path has at most 107 bytes. The longest under the run dir is dockerd's
+# docker-exec/containerd/containerd.sock.ttrpc (45 with the slash); keep a few in reserve.
+_SOCKET_PATH_MAX = 107
+_RUN_DIR_MAX = _SOCKET_PATH_MAX - 45 - 8
 
 
 class Stack:
@@ -52,7 +55,7 @@ class Stack:
     @property
     def run_dir(self) -> Path:
         """Return a folder for unix sockets: the home itself, or a short one under /run if home is long."""
-        if len(str(self.home)) <= _SHORT_PATH:
+        if len(str(self.home)) <= _RUN_DIR_MAX:
             return self.home
         digest = hashlib.sha1(str(self.home).encode()).hexdigest()[:10]
         base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
@@ -60,7 +63,8 @@ class Stack:
 
     @property
     def docker_socket(self) -> Path:
-        return self.run_dir / "docker.sock"
+        socket = self.home / "docker.sock"
+        return socket if len(str(socket)) <= _SOCKET_PATH_MAX else self.run_dir / "docker.sock"
 
     @property
     def env(self) -> dict[str, str]:
@@ -106,6 +110,8 @@ class Stack:
         infra = [n for n in names if n in SERVICES]
         with ThreadPoolExecutor(max_workers=len(infra) or 1) as pool:
             stopped.update(zip(infra, pool.map(lambda n: self.services[n].stop(), infra), strict=True))
+        if self.run_dir != self.home and not any(svc.pid() for svc in self.services.values()):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return stopped
 
     def status(self) -> dict[str, dict]:

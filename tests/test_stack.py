@@ -1,0 +1,102 @@
+"""The local stack: real Postgres, Redis, dockerd and registry started, restarted and stopped."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import time
+import urllib.request
+
+import psycopg2
+import pytest
+import redis
+from click.testing import CliRunner
+
+from rack_stack import SERVICES, Stack, procs
+from rack_stack.cli import main
+
+
+def test_ports_and_password_are_chosen_once(tmp_path):
+    first = Stack(tmp_path / "s")
+    again = Stack(tmp_path / "s")
+    moved = Stack(tmp_path / "s", {"api": 1234})
+
+    assert again.ports == first.ports and again.password == first.password
+    assert len(set(first.ports.values())) == 4
+    assert moved.ports == {**first.ports, "api": 1234}
+    assert json.loads((tmp_path / "s" / "ports.json").read_text())["api"] == 1234
+    assert stat.S_IMODE((tmp_path / "s" / "password").stat().st_mode) == 0o600
+    assert moved.env["RACK_API_URL"] == "http://127.0.0.1:1234"
+    assert moved.env["RACK_STORAGE"] == f"file://{tmp_path / 's' / 'objects'}"
+    assert moved.env["RACK_DOCKER_HOST"] == f"unix://{tmp_path / 's' / 'docker.sock'}"
+
+
+def test_cli_env_prints_shell_exports(tmp_path):
+    result = CliRunner().invoke(main, ["env", "--home", str(tmp_path / "s")], env={"RACK_API_PORT": "2345"})
+
+    assert result.exit_code == 0, result.output
+    assert "export RACK_API_URL=http://127.0.0.1:2345\n" in result.output
+    assert "export RACK_DATABASE_URL=postgresql://rack@127.0.0.1:15432/rack\n" in result.output
+    assert (tmp_path / "s" / "rack.env").read_text() == result.output
+
+
+@pytest.mark.docker
+def test_start_restart_build_stop(tmp_path):
+    stack = Stack(tmp_path / "stack", fast=True)
+    try:
+        began = time.monotonic()
+        assert stack.start() == dict.fromkeys(SERVICES, True)
+        cold = time.monotonic() - began
+        _assert_all_answer(stack)
+        pids = {name: stack.services[name].pid() for name in SERVICES}
+
+        began = time.monotonic()
+        assert Stack(tmp_path / "stack", fast=True).start() == dict.fromkeys(SERVICES, False)
+        assert time.monotonic() - began < 2
+        assert {name: stack.services[name].pid() for name in SERVICES} == pids
+
+        stack.seed_base_image()
+        stack.seed_base_image()
+        _assert_builds_from_busybox(stack)
+
+        # Crashed processes leave stale pidfiles: start brings them back, Redis with its streams.
+        os.kill(pids["redis"], signal.SIGKILL)
+        os.kill(pids["dockerd"], signal.SIGKILL)
+        assert stack.start() == {"postgres": False, "redis": True, "dockerd": True, "registry": False}
+        assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xlen("stack-test") == 1
+        assert stack.docker().containers.run("busybox", ["echo", "again"], remove=True) == b"again\n"
+        print(f"cold start {cold:.2f}s")
+    finally:
+        stopped = stack.stop()
+
+    assert stopped == {"worker": False, "api": False, **dict.fromkeys(SERVICES, True)}
+    assert not [name for name, pid in pids.items() if procs.alive(pid)]
+    assert procs.pids_with(str(tmp_path)) == []
+    assert str(tmp_path) not in open("/proc/self/mountinfo").read()
+    assert stack.stop() == {"worker": False, "api": False, **dict.fromkeys(SERVICES, False)}
+
+
+def _assert_all_answer(stack: Stack) -> None:
+    with psycopg2.connect(stack.env["RACK_DATABASE_URL"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user, current_database()")
+        assert cur.fetchone() == ("rack", "rack")
+    conn.close()
+    assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xadd("stack-test", {"line": "hi"})
+    assert stack.docker().ping()
+    with urllib.request.urlopen(f"http://{stack.env['RACK_REGISTRY']}/v2/") as response:
+        assert response.status == 200
+
+
+def _assert_builds_from_busybox(stack: Stack) -> None:
+    client = stack.docker()
+    dockerfile = io.BytesIO(b"FROM busybox\nRUN echo hi > /greeting\n")
+    events = list(client.api.build(fileobj=dockerfile, tag="stack-test:1", network_mode="host", decode=True))
+    assert not [e for e in events if "error" in e], events
+    output = client.containers.run("stack-test:1", ["sh", "-c", "cat /greeting; echo ok"], remove=True)
+    assert output == b"hi\nok\n"
+    tags = f"http://{stack.env['RACK_REGISTRY']}/v2/busybox/tags/list"
+    with urllib.request.urlopen(tags) as response:
+        assert json.load(response)["tags"] == ["latest"]
