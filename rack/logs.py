@@ -210,7 +210,7 @@ class BuildLog:
 class LogWriter:
     """Batch appends to one build's log; flush every `flush_ms` or `flush_lines` writes, and on close."""
 
-    # A failed flush keeps its lines (the flusher retries) and makes the next `write` raise Unavailable.
+    # A failed flush keeps its lines (the flusher retries) and makes the next `write` raise its error.
     def __init__(self, log: BuildLog, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> None:
         self.log = log
         self.flush_s = flush_ms / 1000
@@ -221,7 +221,7 @@ class LogWriter:
         self._count = 0
         self._first = 0.0
         self._pending: list[tuple[str, list[bytes | str]]] = []
-        self._error: Unavailable | None = None
+        self._error: Exception | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"log-writer {log.build_id}", daemon=True)
         self._thread.start()
@@ -290,6 +290,6 @@ class LogWriter:
                     return  # close() sends the rest itself
             try:
                 self.flush()
-            except Unavailable as exc:
+            except Exception as exc:  # kept for the producer: the flusher must outlive a failed flush
                 self._error = exc
                 time.sleep(max(0.2, self.flush_s))

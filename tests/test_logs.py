@@ -22,13 +22,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """Start a throwaway redis-server on a free port (the shared conftest offers one on the whole stack)."""
-    port = _free_port()
+def start_redis(port: int, home) -> subprocess.Popen:
+    """Start a throwaway redis-server on `port` and wait until it answers."""
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path_factory.mktemp("redis"),
+        cwd=home,
         stdout=subprocess.DEVNULL,
     )
     client = redis_lib.Redis(port=port)
@@ -43,6 +41,14 @@ def redis_server(tmp_path_factory):
                 raise
             time.sleep(0.05)
     client.close()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """Run a redis-server for this module (the shared conftest offers one on the whole stack)."""
+    port = _free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield port
     proc.kill()
     proc.wait()
@@ -294,3 +300,25 @@ def test_redis_going_away_is_unavailable():
     w.write("kept\n")
     with pytest.raises(Unavailable):
         w.close()
+
+
+def test_a_writer_keeps_its_lines_while_redis_is_away(tmp_path):
+    port = _free_port()
+    log = BuildLog(redis_lib.Redis(port=port, socket_connect_timeout=0.5), "B1")
+    w = log.writer(flush_ms=1)
+    w.write("kept while away\n")
+    deadline = time.monotonic() + 10
+    while w._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(Unavailable):
+        w.write("not taken\n")  # the producer learns of the outage
+    proc = start_redis(port, tmp_path)
+    try:
+        while log.text() != b"kept while away\n" and time.monotonic() < deadline:
+            time.sleep(0.02)  # the flusher retries by itself
+        w.write("after\n")
+        w.close()
+        assert log.text() == b"kept while away\nafter\n"
+    finally:
+        proc.kill()
+        proc.wait()
