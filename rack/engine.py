@@ -124,23 +124,20 @@ class Engine:
         image_id = ""
         step = ""
         with engine_errors("building"):
-            try:
-                stream = self.api.build(
-                    path=str(context),
-                    dockerfile=dockerfile,
-                    tag=tag,
-                    buildargs=buildargs,
-                    target=target,
-                    nocache=nocache,
-                    pull=False,  # no outside registry: FROM images come from the engine or our registry
-                    rm=True,
-                    forcerm=True,
-                    network_mode="host",  # the engine runs with --bridge none
-                    container_limits=self._limits(),
-                    decode=True,
-                )
-            except docker.errors.APIError as exc:
-                raise _build_refused(exc, dockerfile) from exc
+            stream = self.api.build(
+                path=str(context),
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=buildargs,
+                target=target,
+                nocache=nocache,
+                pull=False,  # no outside registry: FROM images come from the engine or our registry
+                rm=True,
+                forcerm=True,
+                network_mode="host",  # the engine runs with --bridge none
+                container_limits=self._limits(),
+                decode=True,
+            )
             progress = Progress()
             try:
                 for event in stream:
@@ -154,6 +151,8 @@ class Engine:
                     elif (line := progress.line(event)) is not None:
                         yield line
                     image_id = (event.get("aux") or {}).get("ID", image_id)
+            except docker.errors.APIError as exc:  # the engine refused the request before building
+                raise _build_refused(exc, dockerfile) from exc
             finally:
                 stream.close()
                 self._remove_container()

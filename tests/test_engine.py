@@ -1,0 +1,186 @@
+"""The Docker engine wrapper: streamed builds, error mapping, push digests, interrupting a build."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from rack.config import load_settings
+from rack.engine import Engine, Progress, drain, split_image
+from rack.errors import BuildPlatformError, BuildUserError
+
+
+def test_split_image():
+    assert split_image("busybox") == ("busybox", "latest")
+    assert split_image("busybox:1.36") == ("busybox", "1.36")
+    assert split_image("127.0.0.1:5000/app:web.B1") == ("127.0.0.1:5000/app", "web.B1")
+    assert split_image("127.0.0.1:5000/app") == ("127.0.0.1:5000/app", "latest")
+    assert split_image("reg/app@sha256:abc") == ("reg/app", "sha256:abc")
+
+
+def test_progress_is_one_line_per_layer_status_change():
+    p = Progress()
+    events = [
+        {"status": "The push refers to repository [r/app]"},
+        {"status": "Preparing", "id": "a1"},
+        {"status": "Pushing", "id": "a1", "progress": "[=>  ] 1kB/9kB"},
+        {"status": "Pushing", "id": "a1", "progress": "[==> ] 5kB/9kB"},
+        {"status": "Pushed", "id": "a1"},
+        {"aux": {"Digest": "sha256:x"}},
+    ]
+    lines = [line for e in events if (line := p.line(e))]
+    assert lines == [
+        "The push refers to repository [r/app]\n",
+        "a1: Preparing\n",
+        "a1: Pushing\n",
+        "a1: Pushed\n",
+    ]
+
+
+def test_unreachable_engine_is_a_platform_error(tmp_path):
+    settings = load_settings({"RACK_PASSWORD": "x", "RACK_DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    with pytest.raises(BuildPlatformError) as info:
+        with Engine(settings) as engine:
+            engine.has_image("busybox")
+    assert info.value.code == "platform:engine"
+    assert str(tmp_path) in info.value.message
+
+
+@pytest.fixture(scope="module")
+def engine_settings(docker_stack):
+    return load_settings(docker_stack.env)
+
+
+@pytest.fixture
+def engine(engine_settings):
+    with Engine(engine_settings) as e:
+        yield e
+
+
+def _context(tmp_path, dockerfile: str):
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    return tmp_path
+
+
+@pytest.mark.docker
+def test_build_streams_output_and_returns_the_image_id(engine, engine_settings, tmp_path):
+    ctx = _context(tmp_path, 'FROM busybox\nARG WHO=nobody\nRUN echo "built by $WHO"\n')
+    tag = f"{engine_settings.registry}/enginetest:web.B1"
+    chunks: list[str] = []
+    image_id = drain(
+        engine.build(context=ctx, dockerfile="Dockerfile", tag=tag, buildargs={"WHO": "tests"}, nocache=True),
+        chunks.append,
+    )
+    text = "".join(chunks)
+    assert "Step 3/3 : RUN echo" in text
+    assert "built by tests\n" in text
+    assert image_id.startswith("sha256:")
+    assert engine.image_id(tag) == image_id
+    assert engine.entrypoint(tag) == ""
+
+
+@pytest.mark.docker
+def test_failing_step_names_the_step(engine, tmp_path):
+    ctx = _context(tmp_path, "FROM busybox\nRUN true\nRUN echo failing; exit 3\n")
+    with pytest.raises(BuildUserError) as info:
+        drain(engine.build(context=ctx, dockerfile="Dockerfile", tag="enginetest:fail", buildargs={}), print)
+    assert info.value.code == "user:step"
+    command = "The command '/bin/sh -c echo failing; exit 3' returned a non-zero code: 3"
+    assert info.value.message == f"Step 3/3 : RUN echo failing; exit 3: {command}"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("dockerfile", "code", "words"),
+    [
+        ("FROM busybox\nFROBNICATE now\n", "user:dockerfile", "unknown instruction"),
+        ("FROM nosuch-base:1\nRUN true\n", "user:base-image", "Step 1/2 : FROM nosuch-base:1"),
+        ("FROM busybox\nCOPY missing.txt /\n", "user:step", "Step 2/2 : COPY missing.txt /"),
+    ],
+)
+def test_build_errors_are_user_errors(engine, tmp_path, dockerfile, code, words):
+    ctx = _context(tmp_path, dockerfile)
+    with pytest.raises(BuildUserError) as info:
+        drain(engine.build(context=ctx, dockerfile="Dockerfile", tag="enginetest:bad", buildargs={}), print)
+    assert info.value.code == code
+    assert words in info.value.message
+
+
+@pytest.mark.docker
+def test_push_returns_the_registry_digest(engine, engine_settings):
+    tag = f"{engine_settings.registry}/enginetest:tools.B2"
+    engine.tag("busybox:latest", tag)
+    lines: list[str] = []
+    digest = drain(engine.push(tag), lines.append)
+    assert digest.startswith("sha256:")
+    assert lines[0].startswith("The push refers to repository")
+    request = urllib.request.Request(
+        f"http://{engine_settings.registry}/v2/enginetest/manifests/tools.B2",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Docker-Content-Digest"] == digest
+
+
+@pytest.mark.docker
+def test_push_to_a_dead_registry_is_a_registry_error(docker_stack, engine_settings):
+    dead = load_settings({**docker_stack.env, "RACK_REGISTRY": "127.0.0.1:9"})
+    with Engine(dead) as engine:
+        engine.tag("busybox:latest", "127.0.0.1:9/enginetest:web.B3")
+        with pytest.raises(BuildPlatformError) as info:
+            drain(engine.push("127.0.0.1:9/enginetest:web.B3"), lambda line: None)
+    assert info.value.code == "platform:registry"
+
+
+@pytest.mark.docker
+def test_pull_of_a_missing_image_is_a_user_error(engine, engine_settings):
+    with pytest.raises(BuildUserError) as info:
+        drain(engine.pull(f"{engine_settings.registry}/enginetest:nosuch"), lambda line: None)
+    assert info.value.code == "user:image"
+
+
+@pytest.mark.docker
+def test_interrupt_stops_a_running_step_and_leaves_no_container(engine, engine_settings, tmp_path):
+    ctx = _context(tmp_path, "FROM busybox\nRUN echo started; sleep 60\n")
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def check():
+        if stop.is_set():
+            raise BuildUserError("cancelled", "the build was cancelled")
+
+    def on_line(line: str) -> None:
+        if line.startswith(" ---> Running in "):
+            seen.append(line.split()[-1])
+        if line == "started\n":
+            threading.Timer(0.2, lambda: (stop.set(), engine.interrupt())).start()
+
+    began = time.monotonic()
+    with pytest.raises(BuildUserError) as info:
+        drain(
+            engine.build(
+                context=ctx,
+                dockerfile="Dockerfile",
+                tag="enginetest:slow",
+                buildargs={},
+                nocache=True,
+                check=check,
+            ),
+            on_line,
+        )
+    assert info.value.code == "cancelled"
+    assert time.monotonic() - began < 20
+    assert seen
+
+    def left() -> list[dict]:
+        return engine.api.containers(all=True, filters={"id": seen[0]})
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == [], json.dumps(left())[:500]
