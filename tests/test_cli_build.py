@@ -1,0 +1,256 @@
+"""`convox build` and `convox deploy` against the live API, with a stand-in worker that ends each build."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from rack import apps, builds, objects, releases
+from rack.sql import builds as builds_sql
+
+MANIFEST = "services:\n  web:\n    build: .\n"
+LOG = b"Step 1/2 : FROM busybox\nStep 2/2 : RUN echo hi\nhi\n"
+
+
+def run(*args: str, **kw):
+    return CliRunner().invoke(main, list(args), **kw)
+
+
+class StandInWorker:
+    """Take the place of the queue: end each build at once, as complete or as told to fail."""
+
+    def __init__(self, rack, enqueued: list[str]) -> None:
+        self.rack, self.enqueued = rack, enqueued
+        self.fail_with = ""
+
+    def __call__(self, build_id: str) -> None:
+        self.enqueued.append(build_id)
+        with self.rack.db.transaction() as conn:
+            app = builds_sql.get_by_id(conn, id=build_id)["app"]
+        logs = objects.put_bytes_stream(self.rack, app, f"build/{build_id}/logs", io.BytesIO(LOG))
+        with self.rack.db.transaction() as conn:
+            builds_sql.update(conn, id=build_id, fields={"manifest": MANIFEST, "logs": logs})
+            if self.fail_with:
+                builds_sql.finish(conn, id=build_id, status="failed", reason=self.fail_with)
+                return
+            release = releases.create_in(conn, app=app, build=build_id)
+            builds_sql.finish(conn, id=build_id, status="complete", fields={"release": release["id"]})
+
+
+@pytest.fixture
+def worker(rack, enqueued, monkeypatch):
+    w = StandInWorker(rack, enqueued)
+    monkeypatch.setattr(rack, "enqueue_build", w)
+    return w
+
+
+@pytest.fixture
+def project(tmp_path, rack):
+    """A folder named like its app, with a .dockerignore exercising Docker's rules."""
+    root = tmp_path / "myapp"
+    files = {
+        "convox.yml": MANIFEST,
+        "Dockerfile": "FROM busybox\nCOPY . /app\n",
+        "app.sh": "echo hi\n",
+        "docs/guide.md": "ignored\n",
+        "docs/KEEP.md": "kept by an exception\n",
+        "cache/a/b/c.tmp": "ignored at any depth\n",
+        "src/main.tmp": "ignored at any depth\n",
+        "src/main.sh": "kept\n",
+        ".env": "SECRET=1\n",
+        ".dockerignore": "# build context rules\n\ndocs\n!docs/KEEP.md\n**/*.tmp\n.env\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    apps.create(rack, name="myapp")
+    return root
+
+
+def git(root, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
+    proc = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, env=env, check=True
+    )
+    return proc.stdout.strip()
+
+
+def uploaded(rack, row) -> dict[str, bytes]:
+    app, key = objects.parse_url(row["source_url"])
+    with rack.store.open(f"{app}/{key}") as fh, tarfile.open(fileobj=fh, mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_build_uploads_source_and_sends_every_option(cli_env, rack, worker, project):
+    git(project, "init", "-q")
+    git(project, "add", ".")
+    git(project, "commit", "-q", "-m", "first: a subject with spaces")
+    result = run(
+        "build", str(project), "--build-args", "A=1", "--build-args", "B=x=y z", "--no-cache", "--development"
+    )
+    assert result.exit_code == 0, result.output
+    (build_id,) = worker.enqueued
+    row = builds.get(rack, "myapp", build_id)
+    assert result.stdout == (
+        "Packaging source... OK\nUploading source... OK\nStarting build... OK\n"
+        + LOG.decode()
+        + f"Build:   {build_id}\nRelease: {row['release']}\n"
+    )
+    assert row["description"] == "build " + git(project, "log", "-n1", "--pretty=%h %s", "--abbrev=10")
+    assert row["description"].endswith(" first: a subject with spaces")
+    assert row["git_sha"] == git(project, "rev-parse", "HEAD")
+    assert row["options"] == {
+        "build_args": ["A=1", "B=x=y z"],
+        "manifest": "convox.yml",
+        "no_cache": True,
+        "development": True,
+    }
+    assert re.fullmatch(r"object://myapp/tmp/[0-9a-f]{30}\.tgz", row["source_url"])
+
+
+def test_uploaded_tarball_honours_dockerignore(cli_env, rack, worker, project):
+    assert run("build", str(project)).exit_code == 0
+    files = uploaded(rack, builds.get(rack, "myapp", worker.enqueued[0]))
+    assert set(files) == {
+        "convox.yml",
+        "Dockerfile",
+        "app.sh",
+        "docs/KEEP.md",
+        "src/main.sh",
+        ".dockerignore",
+    }
+    assert files["docs/KEEP.md"] == b"kept by an exception\n"
+
+
+def test_git_description_only_for_a_clean_tree_and_never_over_the_flag(cli_env, rack, worker, project):
+    git(project, "init", "-q")
+    git(project, "add", ".")
+    git(project, "commit", "-q", "-m", "first")
+    (project / "app.sh").write_text("echo changed\n")
+    assert run("build", str(project)).exit_code == 0
+    assert run("build", str(project), "-d", "my own words").exit_code == 0
+    dirty, described = (builds.get(rack, "myapp", b) for b in worker.enqueued)
+    assert dirty["description"] == ""
+    assert dirty["git_sha"] == described["git_sha"] == git(project, "rev-parse", "HEAD")
+    assert described["description"] == "my own words"
+
+
+def test_plain_folder_sends_no_git_details(cli_env, rack, worker, project):
+    assert run("build", str(project), "-m", "convox.yml").exit_code == 0
+    row = builds.get(rack, "myapp", worker.enqueued[0])
+    assert (row["description"], row["git_sha"]) == ("", "")
+    assert row["options"]["no_cache"] is False and row["options"]["build_args"] == []
+
+
+def test_app_comes_from_flag_then_convox_app_file_then_folder(cli_env, rack, worker, project, monkeypatch):
+    apps.create(rack, name="other")
+    apps.create(rack, name="pinned")
+    assert run("build", str(project), "-a", "other").exit_code == 0
+    (project / ".convox").mkdir()
+    (project / ".convox" / "app").write_text("pinned\n")
+    monkeypatch.chdir(project)
+    assert run("build").exit_code == 0
+    assert [builds_sql_app(rack, b) for b in worker.enqueued] == ["other", "pinned"]
+
+
+def builds_sql_app(rack, build_id: str) -> str:
+    with rack.db.transaction() as conn:
+        return builds_sql.get_by_id(conn, id=build_id)["app"]
+
+
+def test_missing_app_fails_before_packaging(cli_env, rack, worker, tmp_path):
+    (tmp_path / "ghost").mkdir()
+    result = run("build", str(tmp_path / "ghost"))
+    assert result.exit_code == 1
+    assert result.output == "Error: app not found: ghost\n"
+
+
+def test_failed_build_exits_non_zero_with_its_reason(cli_env, rack, worker, project):
+    worker.fail_with = "user:build: step RUN false returned 1"
+    result = run("build", str(project))
+    assert result.exit_code == 1
+    assert result.stdout.endswith(LOG.decode())
+    assert result.stderr == "Error: build failed: user:build: step RUN false returned 1\n"
+
+
+def test_id_prints_only_the_release_on_stdout(cli_env, rack, worker, project):
+    result = run("build", str(project), "--id")
+    assert result.exit_code == 0, result.output
+    release = builds.get(rack, "myapp", worker.enqueued[0])["release"]
+    assert result.stdout == release
+    assert "Packaging source... OK" in result.stderr and LOG.decode() in result.stderr
+
+
+def test_source_over_the_rack_limit_is_refused_before_upload(cli_env, rack, worker, project, monkeypatch):
+    (project / "big.bin").write_bytes(os.urandom(16384))
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, max_upload_bytes=2000))
+    result = run("build", str(project))
+    assert result.exit_code == 1
+    assert "Error: the source is " in result.output and "at most 2.0 KiB" in result.output
+    assert "Uploading" not in result.output
+    assert worker.enqueued == []
+    stored = Path(urlparse(rack.settings.storage).path) / "myapp"
+    assert not stored.exists() or not [p for p in stored.rglob("*") if p.is_file()]
+
+
+def test_build_args_with_commas_are_refused(cli_env, rack, worker, project):
+    result = run("build", str(project), "--build-args", "A=1,2")
+    assert result.exit_code == 2
+    assert "values cannot contain commas" in result.output
+
+
+def test_upload_progress_shows_on_a_terminal(cli_env, rack, worker, project, monkeypatch):
+    import click
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    real = click.get_text_stream
+    monkeypatch.setattr(
+        click, "get_text_stream", lambda name, *a, **k: term if name == "stderr" else real(name)
+    )
+    assert run("build", str(project)).exit_code == 0
+    assert "100%\b\b\b\b" in term.getvalue() and term.getvalue().endswith("    \b\b\b\b")
+
+
+def test_deploy_builds_and_promotes(cli_env, rack, worker, project):
+    result = run("deploy", str(project), "--force")
+    assert result.exit_code == 0, result.output
+    release = builds.get(rack, "myapp", worker.enqueued[0])["release"]
+    assert result.stdout.endswith(f"Release: {release}\nPromoting {release}... OK\n")
+    assert apps.get(rack, "myapp")["release"] == release
+    again = run("deploy", str(project), "--id")
+    assert again.exit_code == 0
+    assert again.stdout == apps.get(rack, "myapp")["release"] != release
+
+
+def test_build_as_a_subprocess_prints_only_the_release_id(cli_env, rack, worker, project):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "build", "--id", str(project)],
+        env={**cli_env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"R[A-Z]{10}", proc.stdout)
+    assert proc.stdout == builds.get(rack, "myapp", worker.enqueued[0])["release"]
+    assert "Starting build... OK" in proc.stderr

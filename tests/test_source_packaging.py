@@ -1,0 +1,130 @@
+"""Packaging a build context: Docker's .dockerignore rules, a streamed temp file, a sized upload body."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from cli.source import Upload, package, read_dockerignore, source_files
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def members(fh) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=fh, mode="r:gz") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+TREE = {
+    "convox.yml": "services:\n  web:\n    build: .\n",
+    "Dockerfile": "FROM busybox\n",
+    "app.py": "print(1)\n",
+    "README.md": "docs\n",
+    "notes.md": "ignored\n",
+    "secret.env": "TOKEN=1\n",
+    "logs/a.log": "x\n",
+    "logs/keep.log": "kept by an exception\n",
+    "src/deep/x.pyc": "bytecode\n",
+    "src/deep/x.py": "code\n",
+    "node_modules/lib/index.js": "js\n",
+    "# not a comment.txt": "a file whose name starts with a hash\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+}
+
+IGNORE = """
+# comments and blank lines are skipped
+
+*.md
+!README.md
+secret.env
+logs
+!logs/keep.log
+**/*.pyc
+node_modules/
+.git
+"""
+
+
+def test_dockerignore_semantics(tmp_path):
+    root = make_tree(tmp_path, {**TREE, ".dockerignore": IGNORE})
+    assert read_dockerignore(root)[0] == "*.md"
+    with package(root) as fh:
+        names = set(members(fh))
+    assert {"convox.yml", "Dockerfile", "app.py", "README.md", ".dockerignore"} <= names
+    assert {"logs/keep.log", "src/deep/x.py", "# not a comment.txt"} <= names
+    for gone in ("notes.md", "secret.env", "logs/a.log", "src/deep/x.pyc", "node_modules", ".git/HEAD"):
+        assert gone not in names
+    assert not any(n.startswith(("node_modules", ".git/")) for n in names)
+
+
+def test_manifest_dockerfile_and_dockerignore_are_always_sent(tmp_path):
+    root = make_tree(tmp_path, {**TREE, "other.yml": "services: {}\n", ".dockerignore": "*\n!app.py\n"})
+    assert set(source_files(root, manifest="other.yml")) == {"other.yml", "Dockerfile", ".dockerignore", "app.py"}
+
+
+def test_no_dockerignore_sends_everything_and_keeps_modes_and_links(tmp_path):
+    root = make_tree(tmp_path / "ctx", {"run.sh": "#!/bin/sh\n", "data/x": "1"})
+    os.chmod(root / "run.sh", 0o755)
+    os.symlink("data/x", root / "link")
+    (tmp_path / "outside").write_text("not sent")
+    with package(root) as fh:
+        got = members(fh)
+    assert set(got) == {"run.sh", "data", "data/x", "link"}
+    assert got["run.sh"].mode & 0o777 == 0o755
+    assert got["link"].issym() and got["link"].linkname == "data/x"
+    assert got["data"].isdir()
+
+
+def test_package_follows_a_symlinked_root(tmp_path):
+    real = make_tree(tmp_path / "real", {"a.txt": "a"})
+    os.symlink(real, tmp_path / "alias")
+    with package(tmp_path / "alias") as fh:
+        assert set(members(fh)) == {"a.txt"}
+
+
+def test_package_streams_to_disk_not_memory(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    with open(root / "blob.bin", "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(1024 * 1024))
+    tracemalloc.start()
+    try:
+        fh = package(root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    with fh:
+        assert os.fstat(fh.fileno()).st_size > 24 * 1024 * 1024  # random data does not compress
+        assert peak < 4 * 1024 * 1024, f"packaging held {peak} bytes in memory"
+        assert fh.tell() == 0
+
+
+def test_package_refuses_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        package(tmp_path / "f")
+
+
+def test_upload_body_has_a_length_and_reports_progress(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * (2 * 1024 * 1024 + 5))
+    seen = []
+    with open(path, "rb") as fh:
+        body = Upload(fh, progress=lambda sent, total: seen.append((sent, total)))
+        assert len(body) == 2 * 1024 * 1024 + 5
+        data = b"".join(body)
+        assert data == path.read_bytes()
+        assert b"".join(body) == data  # re-iterable, e.g. when a request is retried
+    total = len(data)
+    assert seen[:3] == [(1024 * 1024, total), (2 * 1024 * 1024, total), (total, total)]
