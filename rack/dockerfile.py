@@ -1,0 +1,81 @@
+"""Read what a build needs from a Dockerfile: the ARG names it declares and its stage names."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Iterator, Mapping
+
+_DIRECTIVE = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\S*)\s*")
+_HEREDOC = re.compile(r"<<-?([\"']?)([A-Za-z_][A-Za-z0-9_]*)\1")
+_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_HEREDOC_INSTRUCTIONS = {"RUN", "COPY", "ADD"}
+
+
+def declared_args(text: str) -> list[str]:
+    """Return the names declared by `ARG NAME[=default]` in any stage, in order, once each."""
+    names: list[str] = []
+    for keyword, rest in _instructions(text):
+        if keyword == "ARG":
+            for word in _words(rest):
+                name = word.split("=", 1)[0]
+                if _ARG_NAME.fullmatch(name) and name not in names:
+                    names.append(name)
+    return names
+
+
+def has_target(text: str, name: str) -> bool:
+    """Tell whether a stage is named name (`FROM image AS name`, case-insensitive as in Docker)."""
+    for keyword, rest in _instructions(text):
+        words = [word.lower() for word in rest.split() if not word.startswith("--")]
+        if keyword == "FROM" and len(words) >= 3 and words[1] == "as" and words[2] == name.lower():
+            return True
+    return False
+
+
+def build_args(declared: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
+    """Return the values from env for the declared ARG names, and nothing else."""
+    return {name: env[name] for name in declared if name in env}
+
+
+def _instructions(text: str) -> Iterator[tuple[str, str]]:
+    """Yield each instruction as (KEYWORD, rest), joining continued lines, skipping comments and heredocs."""
+    lines, escape, start = text.splitlines(), "\\", 0
+    while start < len(lines) and (match := _DIRECTIVE.fullmatch(lines[start].strip())):  # directives lead
+        if match.group(1).lower() == "escape" and match.group(2) in ("\\", "`"):
+            escape = match.group(2)
+        start += 1
+    pending: list[str] = []
+    heredocs: list[str] = []
+    for line in lines[start:]:
+        stripped = line.strip()
+        if heredocs:
+            if stripped == heredocs[0]:
+                heredocs.pop(0)
+            continue
+        if stripped.startswith("#") or (not stripped and pending):
+            continue  # comments and blank lines vanish, even inside a continued instruction
+        if stripped.endswith(escape):
+            pending.append(line.rstrip()[:-1])
+            continue
+        keyword, rest = _instruction("".join([*pending, line]))
+        pending = []
+        if keyword:
+            if keyword in _HEREDOC_INSTRUCTIONS:
+                heredocs = [match.group(2) for match in _HEREDOC.finditer(rest)]
+            yield keyword, rest
+    keyword, rest = _instruction("".join(pending))
+    if keyword:  # a continuation on the last line
+        yield keyword, rest
+
+
+def _instruction(logical: str) -> tuple[str, str]:
+    words = logical.split(None, 1)
+    return (words[0].upper(), words[1].strip() if len(words) > 1 else "") if words else ("", "")
+
+
+def _words(rest: str) -> list[str]:
+    try:
+        return shlex.split(rest, comments=False, posix=True)
+    except ValueError:  # an unbalanced quote in a default value: fall back to plain words
+        return rest.split()
