@@ -54,15 +54,17 @@ def up(home: str | None, services_only: bool) -> None:
     try:
         started = stack.start(SERVICES)
         stack.seed_base_image()
+        env_file = stack.write_env_file()
         if not services_only:
             started.update(stack.start(APP_SERVICES))
     except StartError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(
+            f"{exc}\n(see `python -m rack_stack status --home {stack.home}`)"
+        ) from None
     for name in names:
         service = stack.services[name]
         word = "started" if started[name] else "already up"
         click.echo(f"{name:<9} {word:<10} pid {service.pid():<7} {service.address}")
-    env_file = stack.write_env_file()
     click.echo(f"ready in {time.monotonic() - began:.1f}s; state in {stack.home}")
     click.echo(f"\nsettings:  . {env_file}")
     click.echo(f"log in:    export RACK_URL=http://convox:{stack.password}@127.0.0.1:{stack.ports['api']}")

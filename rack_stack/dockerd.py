@@ -56,8 +56,6 @@ class Dockerd(Service):
         config.write_text(json.dumps({}) + "\n")
         (self.home / "docker").mkdir(exist_ok=True)
         self.exec_root.mkdir(parents=True, exist_ok=True)
-        # dockerd refuses a pidfile whose pid is alive, even when it's a recycled pid of something else.
-        self.pidfile.unlink(missing_ok=True)
         argv = [
             "dockerd",
             "--config-file", config,
@@ -73,6 +71,7 @@ class Dockerd(Service):
 
     def cleanup(self) -> None:
         """Stop the containerd and shims this engine started, if dockerd left them behind."""
+        super().cleanup()  # dockerd refuses a pidfile whose pid lives, even if recycled by another process
         containerd = self.exec_root / "containerd"
         for pid in procs.pids_with(str(containerd / "containerd.sock")):
             procs.kill(pid, timeout=5)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from rack_stack import procs
@@ -13,6 +14,8 @@ from rack_stack.service import Service
 
 USER = "postgres"
 DATABASE = "rack"
+# What a new postmaster logs while the previous one (killed) or its children are still going away.
+LINGERING = ('lock file "postmaster.pid" already exists', "pre-existing shared memory block")
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
@@ -84,18 +87,32 @@ class Postgres(Service):
         self._configure()
         self.log.touch()
         _chown(self.log)
-        timeout = str(int(self.start_timeout))
-        result = _run_as_postgres(
-            [bindir / "pg_ctl", "start", "-w", "-t", timeout, "-D", self.data, "-l", self.log], cwd=self.data
-        )
-        if result.returncode != 0:
-            output = result.stdout + result.stderr
-            raise procs.StartError(f"pg_ctl start failed: {output}\n{procs.log_tail(self.log)}")
+        self._pg_ctl_start(bindir)
         self._create_database()
         pid = procs.read_pid(self.pidfile)
         if pid is None:
             raise procs.StartError(f"postgres started but wrote no pid to {self.pidfile}")
         return pid
+
+    def _pg_ctl_start(self, bindir: Path) -> None:
+        """Run `pg_ctl start -w`, retrying while a crashed postmaster's pid or shared memory lingers."""
+        argv = [bindir / "pg_ctl", "start", "-w", "-t", str(int(self.start_timeout)), "-D", self.data]
+        deadline = time.monotonic() + 10
+        while True:
+            offset = self.log.stat().st_size
+            result = _run_as_postgres([*argv, "-l", self.log], cwd=self.data)
+            if result.returncode == 0:
+                return
+            with self.log.open("rb") as f:
+                f.seek(offset)
+                new = f.read().decode(errors="replace")
+            if not any(line in new for line in LINGERING) or time.monotonic() > deadline:
+                output = result.stdout + result.stderr
+                raise procs.StartError(f"pg_ctl start failed: {output}\n{procs.log_tail(self.log)}")
+            time.sleep(0.2)
+
+    def cleanup(self) -> None:
+        """Leave postmaster.pid alone: Postgres removes it itself and checks a stale one safely."""
 
     def _initdb(self, bindir: Path) -> None:
         if self.data.exists():

@@ -65,8 +65,7 @@ class Service:
                 f"{self.name} runs (pid {self.pid()}) but does not answer; see {self.log}:\n"
                 + procs.log_tail(self.log)
             )
-        self.pidfile.unlink(missing_ok=True)  # stale: its process is gone
-        self.cleanup()
+        self.cleanup()  # after a crash
         pid = self.launch()
         if not self.wait_ready(pid):
             procs.kill(pid, sig=self.stop_signal, timeout=5)
@@ -80,8 +79,8 @@ class Service:
         pid = self.pid()
         stopped = procs.kill(pid, sig=self.stop_signal, timeout=self.stop_timeout, name=self.proc_name)
         self.cleanup()
-        self.pidfile.unlink(missing_ok=True)
         return stopped
 
     def cleanup(self) -> None:
-        """Remove what the stopped process may have left behind."""
+        """Remove what a stopped or crashed process left behind: its pidfile, at least."""
+        self.pidfile.unlink(missing_ok=True)

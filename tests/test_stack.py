@@ -63,16 +63,18 @@ def test_start_restart_build_stop(tmp_path):
         _assert_builds_from_busybox(stack)
 
         # Crashed processes leave stale pidfiles: start brings them back, Redis with its streams.
-        os.kill(pids["redis"], signal.SIGKILL)
-        os.kill(pids["dockerd"], signal.SIGKILL)
-        assert stack.start() == {"postgres": False, "redis": True, "dockerd": True, "registry": False}
-        assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xlen("stack-test") == 1
+        for name in ("postgres", "redis", "dockerd"):
+            os.kill(pids[name], signal.SIGKILL)
+        assert stack.start() == {"postgres": True, "redis": True, "dockerd": True, "registry": False}
+        _assert_all_answer(stack)
+        assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xlen("stack-test") == 2
         assert stack.docker().containers.run("busybox", ["echo", "again"], remove=True) == b"again\n"
         print(f"cold start {cold:.2f}s")
     finally:
         stopped = stack.stop()
 
     assert stopped == {"worker": False, "api": False, **dict.fromkeys(SERVICES, True)}
+    assert not [name for name, service in stack.services.items() if service.pid()]
     assert not [name for name, pid in pids.items() if procs.alive(pid)]
     assert procs.pids_with(str(tmp_path)) == []
     assert str(tmp_path) not in open("/proc/self/mountinfo").read()
