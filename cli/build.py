@@ -48,6 +48,27 @@ class Say:
         return click.get_binary_stream("stderr" if self.quiet else "stdout")
 
 
+class LineEnd:
+    """Pass log bytes through, remembering whether the last one ended a line."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.at_line_start = out, True
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.at_line_start = data.endswith(b"\n")
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def finish_line(self) -> None:
+        """End a log whose last line had no newline, so what follows starts on its own line."""
+        if not self.at_line_start:
+            self.write(b"\n")
+        self.flush()
+
+
 def build_options(fn):
     """Attach the flags `convox build` and `convox deploy` share."""
     options = [
@@ -167,7 +188,11 @@ def run_build(
     client.get(f"/apps/{app}")  # a missing app fails here, before packaging a large folder
 
     say("Packaging source... ", nl=False)
-    with package(directory, manifest=manifest) as fh:
+    try:
+        fh = package(directory, manifest=manifest)
+    except OSError as exc:
+        raise click.ClickException(f"cannot package {directory}: {exc}") from None
+    with fh:
         say("OK")
         url = upload(client, app, fh, say)
 
@@ -182,7 +207,9 @@ def run_build(
     started = client.post(f"/apps/{app}/builds", data=form)
     say("OK")
 
-    build = follow_build(client, app, started["id"], out=say.binary())
+    out = LineEnd(say.binary())
+    build = follow_build(client, app, started["id"], out=out)
+    out.finish_line()
     if build.get("status") != "complete":
         reason = build.get("reason") or f"the build ended as {build.get('status') or 'unknown'}"
         raise click.ClickException(f"build failed: {reason}")

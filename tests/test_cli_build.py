@@ -33,12 +33,13 @@ class StandInWorker:
     def __init__(self, rack, enqueued: list[str]) -> None:
         self.rack, self.enqueued = rack, enqueued
         self.fail_with = ""
+        self.log = LOG
 
     def __call__(self, build_id: str) -> None:
         self.enqueued.append(build_id)
         with self.rack.db.transaction() as conn:
             app = builds_sql.get_by_id(conn, id=build_id)["app"]
-        logs = objects.put_bytes_stream(self.rack, app, f"build/{build_id}/logs", io.BytesIO(LOG))
+        logs = objects.put_bytes_stream(self.rack, app, f"build/{build_id}/logs", io.BytesIO(self.log))
         with self.rack.db.transaction() as conn:
             builds_sql.update(conn, id=build_id, fields={"manifest": MANIFEST, "logs": logs})
             if self.fail_with:
@@ -187,6 +188,13 @@ def test_failed_build_exits_non_zero_with_its_reason(cli_env, rack, worker, proj
     assert result.exit_code == 1
     assert result.stdout.endswith(LOG.decode())
     assert result.stderr == "Error: build failed: user:build: step RUN false returned 1\n"
+
+
+def test_a_log_without_a_final_newline_still_ends_its_line(cli_env, rack, worker, project):
+    worker.log = b"step 1\nhalf a line"
+    result = run("build", str(project))
+    assert result.exit_code == 0
+    assert "half a line\nBuild:   B" in result.stdout
 
 
 def test_id_prints_only_the_release_on_stdout(cli_env, rack, worker, project):
