@@ -1,0 +1,244 @@
+"""The steps of one build, from source to pushed images: fetch, read the manifest, build, tag, push."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rack import dockerfile, manifest, objects, releases
+from rack.buildwatch import Watch
+from rack.context import Rack
+from rack.engine import Engine, drain
+from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
+from rack.logs import BuildLog
+from rack.masking import Masker, secret_values
+from rack.source import clone_git, extract_tarball
+from rack.sql import builds as sql
+
+log = logging.getLogger(__name__)
+PARTIAL_MAX = 64 * 1024
+
+
+class Output:
+    """A build's log as it is written: whole lines to the live stream, masked, and a copy kept here."""
+
+    def __init__(self, build_log: BuildLog) -> None:
+        self.build_log = build_log
+        self.writer = build_log.writer()
+        self.copy: list[bytes] = []
+        self._partial = ""
+        self._warned = False
+        self.text: bytes | None = None  # what close() returned
+
+    def write(self, text: str) -> None:
+        """Write output as it comes; a partial line waits for its end so masking sees it whole."""
+        text = self._partial + text
+        head, newline, tail = text.rpartition("\n")
+        if len(tail) > PARTIAL_MAX:
+            head, newline, tail = text, "", ""
+        self._partial = tail
+        if head or newline:
+            self._send(head + newline)
+
+    def line(self, text: str) -> None:
+        """Write one line of the rack's own, ending any partial line first."""
+        if self._partial:
+            self._send(self._partial + "\n")
+            self._partial = ""
+        self._send(text.rstrip("\n") + "\n")
+
+    def mask(self, secrets: list[str]) -> None:
+        """Mask these values (and the ones masked so far) in everything written from now on."""
+        self.build_log.masker = Masker(secrets)
+
+    def _send(self, text: str) -> None:
+        self.copy.append(self.build_log.masker.mask(text).encode("utf-8", "replace"))
+        for _ in range(2):  # a failed flush raises once, then the writer buffers again and retries
+            try:
+                self.writer.write(text)
+                return
+            except Unavailable as exc:
+                if not self._warned:
+                    log.warning("build %s: live log unavailable: %s", self.build_log.build_id, exc)
+                    self._warned = True
+
+    @property
+    def closed(self) -> bool:
+        return self.text is not None
+
+    def close(self) -> bytes:
+        """Flush everything and return the log to store: the stream's text, or the copy if Redis is away."""
+        if self.text is not None:
+            return self.text
+        if self._partial:
+            self._send(self._partial)
+            self._partial = ""
+        try:
+            self.writer.close()
+            self.text = self.build_log.text()
+        except Unavailable as exc:
+            log.warning("build %s: storing the log kept by the worker: %s", self.build_log.build_id, exc)
+            self.text = b"".join(self.copy)
+        return self.text
+
+
+def inside(root: Path, relative: str, *, code: str, what: str) -> Path:
+    """Resolve a path given in the source and refuse one that leads outside it."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise BuildUserError(code, f"{what} {relative!r} is outside the source")
+    return path
+
+
+@dataclass
+class BuildRun:
+    """One build's work in a private source folder; each step raises a BuildError when it fails."""
+
+    rack: Rack
+    row: dict
+    src: Path
+    out: Output
+    engine: Engine
+    watch: Watch
+    git_sha: str = ""
+    images: dict[str, dict[str, str]] = field(default_factory=dict)
+    entrypoint: str | None = None
+
+    @property
+    def options(self) -> dict:
+        return self.row["options"] or {}
+
+    def check(self) -> None:
+        self.watch.check()
+
+    def run(self) -> None:
+        """Fetch the source, read the manifest, then build or pull, tag and push every service."""
+        self.fetch_source()
+        text, name = self.read_manifest()
+        env = self.build_env(name)
+        self.out.mask(secret_values(env, [self.rack.settings.registry_password]))
+        limit = self.rack.settings.manifest_max_bytes
+        services = manifest.load(text, env, max_bytes=limit, filename=name).services
+        built: dict[object, str] = {}
+        for service in services:
+            self.check()
+            tag = f"{self.rack.settings.registry}/{self.row['app']}:{service.name}.{self.row['id']}"
+            if service.image:
+                self.retag(service.image, tag, pull=True)
+            elif service.build_key in built:
+                self.retag(built[service.build_key], tag)
+            else:
+                self.build(service, tag, env)
+                built[service.build_key] = tag
+                if self.entrypoint is None:
+                    self.entrypoint = self.engine.entrypoint(tag)
+            self.out.line(f"Running: docker push {tag}")
+            digest = drain(self.engine.push(tag, check=self.check), self.out.write)
+            self.images[service.name] = {"image": tag, "digest": digest}
+
+    def fetch_source(self) -> None:
+        """Extract the uploaded tarball, or clone the git URL, into the source folder."""
+        url = self.row["source_url"]
+        settings = self.rack.settings
+        if url.startswith("object://"):
+            app, key = objects.parse_url(url)
+            try:
+                body = self.rack.store.open(f"{app}/{key}")
+            except FileNotFoundError:
+                raise BuildUserError("user:source", f"the source object is gone: {url}") from None
+            except RackError as exc:
+                raise BuildPlatformError("platform:storage", f"reading {url}: {exc.message}") from exc
+            self.src.mkdir()
+            with body:
+                extract_tarball(
+                    body,
+                    self.src,
+                    max_bytes=settings.extract_max_bytes,
+                    max_entries=settings.extract_max_entries,
+                )
+        else:
+            self.out.line(f"Cloning: {url}")
+            self.git_sha = clone_git(url, self.src, timeout=max(1, int(self.watch.remaining())))
+
+    def read_manifest(self) -> tuple[str, str]:
+        """Read the manifest, save its text on the build, and return it with its name."""
+        name = self.options.get("manifest") or "convox.yml"
+        path = inside(self.src, name, code="user:manifest", what="manifest")
+        if not path.is_file():
+            raise BuildUserError("user:manifest", f"manifest not found: {name}")
+        limit = self.rack.settings.manifest_max_bytes
+        if path.stat().st_size > limit:
+            raise BuildUserError("user:manifest", f"{name} is larger than the limit of {limit} bytes")
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BuildUserError("user:manifest", f"{name} is not UTF-8 text: {exc}") from exc
+        fields = {"manifest": text}
+        if self.git_sha and not self.row["git_sha"]:
+            fields["git_sha"] = self.git_sha
+        with self.rack.db.transaction() as conn:
+            sql.update(conn, id=self.row["id"], fields=fields)
+        return text, name
+
+    def build_env(self, manifest_name: str) -> dict[str, str]:
+        """Return the latest release's env overlaid by the build args (a bare name takes a managed value)."""
+        row = self.row
+        managed = {
+            "BUILD_APP": row["app"],
+            "BUILD_ID": row["id"],
+            "BUILD_GIT_SHA": row["git_sha"] or self.git_sha,
+            "BUILD_DESCRIPTION": row["description"],
+            "BUILD_MANIFEST": manifest_name,
+        }
+        with self.rack.db.transaction() as conn:
+            env = releases.latest_env(conn, row["app"])
+        for item in self.options.get("build_args") or []:
+            name, sep, value = item.partition("=")
+            if sep:
+                env[name] = value
+            elif name in managed:
+                env[name] = managed[name]
+        return env
+
+    def build(self, service, tag: str, env: dict[str, str]) -> None:
+        """Build a service's image from its path and Dockerfile, tagged `tag`."""
+        context = inside(
+            self.src, service.build_path, code="user:manifest", what=f"service {service.name}: path"
+        )
+        shown = posixpath.normpath(posixpath.join(service.build_path, service.dockerfile))
+        path = inside(self.src, shown, code="user:dockerfile", what=f"service {service.name}: Dockerfile")
+        if not context.is_dir():
+            raise BuildUserError(
+                "user:manifest", f"service {service.name}: build path {service.build_path!r} is not a folder"
+            )
+        if not path.is_file():
+            raise BuildUserError("user:dockerfile", f"Dockerfile not found at {shown}")
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BuildUserError("user:dockerfile", f"{shown} is not UTF-8 text: {exc}") from exc
+        args = dockerfile.build_args(dockerfile.declared_args(text), env)
+        development = self.options.get("development") and dockerfile.has_target(text, "development")
+        self.out.line(f"Building: {service.name}")
+        drain(
+            self.engine.build(
+                context=context,
+                dockerfile=posixpath.relpath(shown, posixpath.normpath(service.build_path)),
+                tag=tag,
+                buildargs=args,
+                target="development" if development else None,
+                nocache=bool(self.options.get("no_cache")),
+                check=self.check,
+            ),
+            self.out.write,
+        )
+
+    def retag(self, image: str, tag: str, *, pull: bool = False) -> None:
+        """Tag an image (pulled first if the engine lacks it) as a service's image."""
+        if pull and not self.engine.has_image(image):
+            self.out.line(f"Running: docker pull {image}")
+            drain(self.engine.pull(image, check=self.check), self.out.write)
+        self.out.line(f"Running: docker tag {image} {tag}")
+        self.engine.tag(image, tag)

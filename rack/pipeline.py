@@ -1,0 +1,157 @@
+"""Run one build on a worker: claim it, build and push its images, then record the outcome and the release."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rack import objects, releases
+from rack.buildrun import BuildRun, Output
+from rack.buildwatch import Watch
+from rack.context import Rack
+from rack.engine import Engine
+from rack.errors import BuildError, BuildPlatformError, RackError, Unavailable
+from rack.logs import BuildLog
+from rack.masking import Masker, secret_values
+from rack.sql import apps as apps_sql
+from rack.sql import builds as sql
+
+log = logging.getLogger(__name__)
+
+
+class _Lost(Exception):
+    """The build was ended by someone else (cancel, reaper) before this worker could finish it."""
+
+
+def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
+    """Run a `created` build to its end and return its final row; None when it is not this worker's to run."""
+    claimed = claim(rack, build_id, process=process)
+    if claimed is None:
+        return None
+    row, timeout = claimed
+    settings = rack.settings
+    build_log = BuildLog(rack.redis, build_id, masker=Masker(secret_values({}, [settings.registry_password])))
+    out = Output(build_log)
+    src = Path(tempfile.mkdtemp(prefix=f"rack-{build_id}-"))
+    run: BuildRun | None = None
+    try:
+        with Watch(rack, build_id=build_id, process=process, timeout=timeout) as watch:
+            with Engine(settings) as engine:
+                watch.on_stop(engine.interrupt)
+                run = BuildRun(rack, row, src / "src", out, engine, watch)
+                run.run()
+    except BuildError as exc:
+        return _fail(rack, row, out, exc, process=process, run=run)
+    except RackError as exc:  # Postgres, Redis or the store went away mid-build
+        error = BuildPlatformError("platform:unavailable", exc.message)
+        return _fail(rack, row, out, error, process=process, run=run)
+    except Exception as exc:
+        log.exception("build %s failed unexpectedly", build_id)
+        error = BuildPlatformError("platform:internal", f"{type(exc).__name__}: {exc}")
+        return _fail(rack, row, out, error, process=process, run=run)
+    except BaseException as exc:  # the worker is stopping: leave the build failed, not running
+        error = BuildPlatformError("platform:interrupted", f"the worker stopped ({type(exc).__name__})")
+        _fail(rack, row, out, error, process=process, run=run)
+        raise
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    return _complete(rack, row, out, run, process=process)
+
+
+def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None:
+    """Mark a `created` build `running` for this worker; return it with its timeout, or None if taken."""
+    with rack.db.transaction() as conn:
+        row = sql.get_by_id(conn, id=build_id)
+        if row is None or row["status"] != "created":
+            return None
+        row = sql.mark_running(conn, id=build_id, process=process)
+        if row is None:
+            return None
+        app = apps_sql.get(conn, name=row["app"])
+    timeout = (app or {}).get("build_timeout") or rack.settings.build_timeout
+    return row, int(timeout)
+
+
+def _store_log(rack: Rack, row: dict, out: Output) -> str:
+    try:
+        return objects.put_bytes_stream(rack, row["app"], f"build/{row['id']}/logs", io.BytesIO(out.close()))
+    except (RackError, OSError) as exc:
+        log.warning("build %s: the log could not be stored: %s", row["id"], exc)
+        return ""
+
+
+def _end_stream(rack: Rack, out: Output, status: str) -> None:
+    try:
+        out.build_log.end(status, ttl=rack.settings.log_stream_ttl)
+    except RackError as exc:
+        log.warning("build %s: the log stream could not be ended: %s", out.build_log.build_id, exc)
+
+
+def _record(rack: Rack, step):
+    """Run a final transaction, retrying while Postgres is away (up to half the heartbeat timeout)."""
+    deadline = time.monotonic() + rack.settings.heartbeat_timeout / 2
+    delay = 0.5
+    while True:
+        try:
+            with rack.db.transaction() as conn:
+                return step(conn)
+        except Unavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str) -> dict | None:
+    """Store the log, then create the release and mark the build complete in one transaction."""
+    fields = {"logs": _store_log(rack, row, out), "images": run.images, "entrypoint": run.entrypoint or ""}
+
+    def finish(conn) -> dict:
+        release = releases.create_in(conn, app=row["app"], build=row["id"])
+        done = sql.finish(
+            conn,
+            id=row["id"],
+            status="complete",
+            fields={**fields, "release": release["id"]},
+            process=process,
+        )
+        if done is None:
+            raise _Lost  # roll the release back: whoever ended the build decided its outcome
+        return done
+
+    try:
+        done = _record(rack, finish)
+    except _Lost:
+        log.warning("build %s was ended elsewhere before it could complete", row["id"])
+        return None
+    except RackError as exc:
+        error = BuildPlatformError("platform:unavailable", f"recording the finished build: {exc.message}")
+        return _fail(rack, row, out, error, process=process, run=run)
+    _end_stream(rack, out, "complete")
+    return done
+
+
+def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str, run: BuildRun | None):
+    """Log the error, store the log, mark the build failed with the error's reason, end the stream."""
+    fields: dict = {"images": run.images if run else {}}
+    if not out.closed:
+        out.line(f"ERROR: {error.message}")
+        fields["logs"] = _store_log(rack, row, out)
+
+    def finish(conn) -> dict | None:
+        return sql.finish(
+            conn, id=row["id"], status="failed", reason=error.reason, fields=fields, process=process
+        )
+
+    try:
+        done = _record(rack, finish)
+    except RackError as exc:
+        log.warning("build %s failed (%s) and could not be recorded: %s", row["id"], error.reason, exc)
+        return None
+    if done is not None:
+        _end_stream(rack, out, "failed")
+    return done

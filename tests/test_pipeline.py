@@ -1,0 +1,317 @@
+"""The build pipeline end to end on the real stack: source, Docker build, registry, build row, release."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from docker.utils.build import tar
+
+from rack import apps, builds, objects, pipeline, releases
+from rack.config import load_settings
+from rack.context import Rack
+from rack.db import execute
+from rack.logs import BuildLog
+from rack.sql import builds as builds_sql
+
+pytestmark = pytest.mark.docker
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture(scope="module")
+def prack(docker_stack):
+    """A Rack on the Docker stack with a fast heartbeat, clean tables and its own object store."""
+    home = Path(tempfile.mkdtemp(prefix="rack-pipeline-"))
+    settings = load_settings(
+        {**docker_stack.env, "RACK_STORAGE": f"file://{home}/objects", "RACK_HEARTBEAT_INTERVAL": "1"}
+    )
+    r = Rack(settings)
+    r.enqueue_build = lambda build_id: None  # the tests run each build themselves
+    with r.db.transaction() as conn:
+        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
+    yield r
+    r.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def docker_client(docker_stack):
+    client = docker_stack.docker()
+    yield client
+    client.close()
+
+
+def upload(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True) -> str:
+    """Tar a folder as the CLI does (honouring .dockerignore unless told not to) and upload it."""
+    patterns = []
+    if dockerignore and (folder / ".dockerignore").exists():
+        lines = (folder / ".dockerignore").read_text().splitlines()
+        patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    body = tar(str(folder), exclude=patterns, gzip=True)
+    return objects.put(rack, app, "tmp/source.tgz", body)
+
+
+def build(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True, **options) -> dict:
+    """Upload a folder, create a build of it and run it here; return the final row."""
+    url = upload(rack, app, folder, dockerignore=dockerignore)
+    row = builds.create(rack, app, url=url, **options)
+    result = pipeline.run_build(rack, row["id"], process="tests:1")
+    assert result is not None
+    assert result["status"] in ("complete", "failed")
+    return result
+
+
+def build_log(rack: Rack, row: dict) -> str:
+    _, key = objects.parse_url(row["logs"])
+    with objects.open_object(rack, row["app"], key) as fh:
+        return fh.read().decode()
+
+
+def run(client, image: str, *command: str) -> str:
+    """Run an image once with no network and return what it printed."""
+    kw = {"entrypoint": list(command)} if command else {}
+    return client.containers.run(image, remove=True, network_mode="none", **kw).decode()
+
+
+def registry_get(rack: Rack, path: str, *, head: bool = False):
+    request = urllib.request.Request(
+        f"http://{rack.settings.registry}/v2/{path}",
+        method="HEAD" if head else "GET",
+        headers={"Accept": MANIFEST_V2},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers if head else json.loads(response.read())
+
+
+def write_app(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def myapp(prack):
+    """The example app with COLOR from `env set` and GREETING from build args, built once."""
+    apps.create(prack, name="myapp")
+    releases.set_env(prack, "myapp", set_vars={"COLOR": "blue"})
+    return build(prack, "myapp", EXAMPLE, build_args=["GREETING=hi there"], description="first")
+
+
+@pytest.fixture(scope="module")
+def cached(prack, myapp):
+    """A second plain build, uploaded without applying .dockerignore (the engine applies it)."""
+    return build(prack, "myapp", EXAMPLE, dockerignore=False, build_args=["GREETING=hi there"])
+
+
+@pytest.fixture(scope="module")
+def uncached(prack, cached):
+    return build(prack, "myapp", EXAMPLE, build_args=["GREETING=hi there"], no_cache=True)
+
+
+def test_example_app_builds_and_makes_a_release(prack, myapp):
+    assert myapp["status"] == "complete", myapp["reason"]
+    assert myapp["reason"] == ""
+    assert myapp["process"] == "tests:1"
+    assert myapp["manifest"] == (EXAMPLE / "convox.yml").read_text()
+    assert myapp["entrypoint"] == "/app/bin/web"
+    release = releases.get(prack, "myapp", myapp["release"])
+    assert release["build"] == myapp["id"]
+    assert release["manifest"] == myapp["manifest"]
+    assert "COLOR=blue" in release["env"]
+    assert apps.get(prack, "myapp")["release"] != myapp["release"]  # created, not promoted
+
+
+def test_images_are_in_the_registry_with_the_recorded_digests(prack, myapp):
+    registry = prack.settings.registry
+    assert set(myapp["images"]) == {"web", "worker", "tools"}
+    tags = set(registry_get(prack, "myapp/tags/list")["tags"])
+    for service, image in myapp["images"].items():
+        tag = f"{service}.{myapp['id']}"
+        assert image["image"] == f"{registry}/myapp:{tag}"
+        assert tag in tags
+        headers = registry_get(prack, f"myapp/manifests/{tag}", head=True)
+        assert headers["Docker-Content-Digest"] == image["digest"]
+
+
+def test_the_log_tells_each_step_and_is_stored_whole(prack, myapp):
+    text = build_log(prack, myapp)
+    for line in ["Building: web", "Building: worker", "Running: docker tag busybox "]:
+        assert line in text
+    for service in ("web", "worker", "tools"):
+        assert f"Running: docker push {myapp['images'][service]['image']}\n" in text
+    assert "baked: greeting=hi there color=blue\n" in text
+    stream = BuildLog(prack.redis, myapp["id"])
+    assert stream.text().decode() == text
+    assert stream.last_entry().end_status == "complete"
+
+
+def test_each_image_prints_what_it_should(myapp, docker_client):
+    images = {name: image["image"] for name, image in myapp["images"].items()}
+    assert run(docker_client, images["web"]) == "web: greeting=hi there color=blue\n"
+    assert run(docker_client, images["worker"]) == "worker: ready\n"
+    assert run(docker_client, images["tools"], "echo", "tools ok") == "tools ok\n"
+
+
+def test_dockerignore_keeps_files_out_but_the_exception_in(myapp, cached, docker_client):
+    for row in (myapp, cached):
+        listing = run(docker_client, row["images"]["web"]["image"], "ls", "-a", "/app").split()
+        assert "keep.log" in listing
+        assert "debug.log" not in listing
+        assert "secrets" not in listing
+        assert "bin" in listing
+
+
+def test_second_build_uses_the_cache_and_no_cache_reruns_the_step(
+    prack, myapp, cached, uncached, docker_client
+):
+    assert cached["status"] == "complete", cached["reason"]
+    assert uncached["status"] == "complete", uncached["reason"]
+    cached_log, uncached_log = build_log(prack, cached), build_log(prack, uncached)
+    assert "Using cache" in cached_log
+    assert "baked: greeting=" not in cached_log  # the RUN step did not run again
+    assert "Using cache" not in uncached_log
+    assert "baked: greeting=hi there color=blue\n" in uncached_log
+
+    def stamp(row: dict) -> str:
+        return run(docker_client, row["images"]["web"]["image"], "cat", "/app/build-stamp.txt")
+
+    assert stamp(cached) == stamp(myapp)
+    assert stamp(uncached) != stamp(myapp)
+
+
+def test_a_second_run_of_the_same_build_does_nothing(prack, myapp, uncached):
+    assert pipeline.run_build(prack, myapp["id"], process="tests:2") is None
+    again = builds.get(prack, "myapp", myapp["id"])
+    assert again["process"] == "tests:1"
+    assert again["release"] == myapp["release"]
+    assert len(releases.list_for_app(prack, "myapp", limit=100)) == 4  # env set + three builds
+
+
+@pytest.fixture(scope="module")
+def broken(prack):
+    apps.create(prack, name="broken")
+    return prack
+
+
+def test_a_failing_step_fails_the_build_naming_the_step(broken, tmp_path):
+    folder = write_app(
+        tmp_path,
+        {
+            "convox.yml": "services:\n  web:\n    build: .\n",
+            "Dockerfile": "FROM busybox\nARG API_TOKEN\nARG BUILD_ID\n"
+            'RUN echo "token=$API_TOKEN id=$BUILD_ID"\nRUN exit 3\n',
+        },
+    )
+    row = build(broken, "broken", folder, build_args=["API_TOKEN=tok-secret-123", "BUILD_ID"])
+    assert row["status"] == "failed"
+    assert row["reason"] == (
+        "user:step: Step 5/5 : RUN exit 3: The command '/bin/sh -c exit 3' returned a non-zero code: 3"
+    )
+    assert row["release"] == ""
+    text = build_log(broken, row)
+    assert f"token=*** id={row['id']}\n" in text
+    assert "tok-secret-123" not in text
+    assert text.endswith(f"ERROR: {row['reason'].removeprefix('user:step: ')}\n")
+    assert BuildLog(broken.redis, row["id"]).last_entry().end_status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        (
+            {"convox.yml": "services:\n  web:\n    build: [1, 2\n"},
+            "user:manifest: convox.yml is not valid YAML",
+        ),
+        ({"convox.yml": "services:\n  Web_1:\n    build: .\n"}, "user:manifest: convox.yml: service name"),
+        ({"other.yml": "services: {}\n"}, "user:manifest: manifest not found: convox.yml"),
+        (
+            {"convox.yml": "services:\n  web:\n    build: web\n", "web/app.txt": "x"},
+            "user:dockerfile: Dockerfile not found at web/Dockerfile",
+        ),
+    ],
+)
+def test_bad_sources_fail_with_clear_reasons(broken, tmp_path, files, reason):
+    row = build(broken, "broken", write_app(tmp_path, files))
+    assert row["status"] == "failed"
+    assert row["reason"].startswith(reason), row["reason"]
+    assert row["logs"]
+    assert f"ERROR: {row['reason'].split(': ', 1)[1]}\n" in build_log(broken, row)
+    if "convox.yml" in files:
+        assert row["manifest"] == files["convox.yml"]
+
+
+def test_development_builds_the_development_stage(broken, tmp_path, docker_client):
+    folder = write_app(
+        tmp_path,
+        {
+            "convox.yml": "services:\n  web:\n    build: .\n",
+            "Dockerfile": 'FROM busybox AS development\nRUN echo dev > /stage\nCMD ["cat", "/stage"]\n'
+            'FROM busybox AS production\nRUN echo prod > /stage\nCMD ["cat", "/stage"]\n',
+        },
+    )
+    dev = build(broken, "broken", folder, development=True)
+    prod = build(broken, "broken", folder)
+    assert run(docker_client, dev["images"]["web"]["image"]) == "dev\n"
+    assert run(docker_client, prod["images"]["web"]["image"]) == "prod\n"
+
+
+SLOW = {
+    "convox.yml": "services:\n  web:\n    build: .\n",
+    "Dockerfile": "FROM busybox\nRUN echo started; sleep 60\n",
+}
+
+
+def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client):
+    url = upload(broken, "broken", write_app(tmp_path, SLOW))
+    row = builds.create(broken, "broken", url=url)
+
+    def cancel_when_started() -> None:
+        stream = BuildLog(broken.redis, row["id"])
+        for entry in stream.follow(block_ms=200):
+            if b"started\n" in entry.data:
+                with broken.db.transaction() as conn:
+                    builds_sql.request_cancel(conn, id=row["id"])
+                return
+
+    canceller = threading.Thread(target=cancel_when_started, daemon=True)
+    canceller.start()
+    began = time.monotonic()
+    result = pipeline.run_build(broken, row["id"], process="tests:1")
+    canceller.join(5)
+    assert result["status"] == "failed"
+    assert result["reason"] == "cancelled: the build was cancelled"
+    assert time.monotonic() - began < 20
+    assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
+
+
+def test_a_build_past_its_timeout_fails_with_timeout(broken, tmp_path):
+    with broken.db.transaction() as conn:
+        execute(conn, "UPDATE apps SET build_timeout = 3 WHERE name = 'broken'")
+    try:
+        row = build(broken, "broken", write_app(tmp_path, SLOW))
+    finally:
+        with broken.db.transaction() as conn:
+            execute(conn, "UPDATE apps SET build_timeout = NULL WHERE name = 'broken'")
+    assert row["status"] == "failed"
+    assert row["reason"] == "timeout: the build ran longer than its limit of 3s"
+    assert "started\n" in build_log(broken, row)
+
+
+def test_a_missing_source_object_is_a_user_error(broken):
+    url = objects.put(broken, "broken", "tmp/gone.tgz", io.BytesIO(b"x"))
+    row = builds.create(broken, "broken", url=url)
+    objects.delete(broken, "broken", "tmp/gone.tgz")
+    result = pipeline.run_build(broken, row["id"], process="tests:1")
+    assert result["status"] == "failed"
+    assert result["reason"] == f"user:source: the source object is gone: {url}"
