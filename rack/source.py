@@ -23,15 +23,9 @@ from rack.errors import BuildPlatformError, BuildUserError
 CODE = "user:source"
 TRUNCATED = "the source archive is truncated or not a .tgz"
 _CHUNK = 64 * 1024
-# pax and GNU long-name headers are read into memory whole, so they get their own small cap
-_MAX_HEADER = 1024 * 1024
-_HEADER_TYPES = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
+_MAX_HEADER = 1024 * 1024  # pax and GNU long-name headers are read into memory whole, so cap them
+_MAX_NAME = 3072  # leaves room for the root under PATH_MAX, so realpath() sees the real tree
+_HEADER_TYPES = (b"x", b"g", b"X", b"L", b"K")  # pax (x, g, Solaris X) and GNU long name (L) and link (K)
 _SPECIAL = {tarfile.CHRTYPE: "a char device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a fifo"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,11 +33,11 @@ _SHA = re.compile(r"[0-9a-f]{7,40}")
 _scrub = functools.partial(re.compile(r"(://)[^/@\s]+@").sub, r"\1***@")  # hide user:token@ in URLs
 
 
-def _refuse(message: str) -> BuildUserError:
-    return BuildUserError(CODE, message)
+_refuse = functools.partial(BuildUserError, CODE)
 
 
 def _bad(name: str, problem: str) -> BuildUserError:
+    name = name if len(name) <= 200 else name[:200] + "..."
     return _refuse(f"source archive entry {name!r} {problem}")
 
 
@@ -100,10 +94,8 @@ class _Body:
 
 
 def extract_tarball(fileobj: BinaryIO, dest: Path, *, max_bytes: int, max_entries: int) -> None:
-    """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe.
-
-    On a refusal dest may hold part of the tree; the caller owns dest and removes it.
-    """
+    """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
+    # on a refusal dest may hold part of the tree: the caller owns dest and removes it
     root = os.path.realpath(dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
@@ -120,7 +112,7 @@ class _Extraction:
     def __init__(self, root: str, root_fd: int, *, max_bytes: int, max_entries: int) -> None:
         self.root, self.root_fd, self.max_bytes, self.max_entries = root, root_fd, max_bytes, max_entries
         self.too_big = f"the source archive is larger than {max_bytes} bytes when extracted"
-        self.entries = self.total = 0
+        self.total = 0
         self.kinds: dict[str, str] = {}  # archive path -> "dir" | "file" | "link"
         self.symlinks: list[tuple[str, str]] = []
 
@@ -129,9 +121,9 @@ class _Extraction:
         body = _Body(fileobj, self.max_bytes + slack, self.too_big)
         try:
             with tarfile.open(fileobj=body, mode="r|", tarinfo=_Member) as tar:
-                for member in tar:
-                    self.entries += 1
-                    if self.entries > self.max_entries:
+                for count, member in enumerate(iter(tar.next, None), 1):
+                    tar.members.clear()  # a stream keeps every header otherwise, and pax headers can be big
+                    if count > self.max_entries:
                         raise _refuse(f"the source archive has more than {self.max_entries} entries")
                     try:
                         self.add(tar, member)
@@ -153,8 +145,10 @@ class _Extraction:
         """Return the member's path components, or refuse it with a message naming it."""
         name, target = member.name, member.linkname
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()) or member.issparse():
-            kind = _SPECIAL.get(
-                member.type, "a sparse file" if member.issparse() else f"of type {member.type!r}"
+            kind = (
+                "a sparse file"
+                if member.issparse()
+                else _SPECIAL.get(member.type, f"of type {member.type!r}")
             )
             raise _bad(name, f"is {kind}; only files, directories and links are allowed")
         parts = _parts(name, name)
@@ -194,13 +188,11 @@ class _Extraction:
                 self.symlinks.append((path, name))
             elif member.islnk():
                 source = _parts(member.linkname, name)
-                source_dir = self.open_dir(source[:-1], name)
+                where = self.open_dir(source[:-1], name)
                 try:
-                    os.link(
-                        source[-1], parts[-1], src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False
-                    )
+                    os.link(source[-1], parts[-1], src_dir_fd=where, dst_dir_fd=parent, follow_symlinks=False)
                 finally:
-                    os.close(source_dir)
+                    os.close(where)
             else:
                 self.write(tar, member, parent, parts[-1])
             self.kinds[path] = "link" if member.issym() else "file"
@@ -254,17 +246,16 @@ def _parts(name: str, entry: str) -> list[str]:
     if name.startswith("/"):
         raise _bad(entry, f"has an absolute path {name!r}")
     parts = [part for part in name.split("/") if part not in ("", ".")]
+    if len(name) > _MAX_NAME or any(len(os.fsencode(part)) > 255 for part in parts):
+        raise _bad(entry, "has a name that is too long")
     if ".." in parts:
         raise _bad(entry, f"has a '..' path {name!r}")
     return parts
 
 
 def clone_git(url: str, dest: Path, *, timeout: int, allow_local: bool = False) -> str:
-    """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha.
-
-    Local repositories (`file://` or an absolute path) need allow_local: a user-given URL must not read
-    the worker's own disk.
-    """
+    """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha."""
+    # local repositories (file:// or a path) need allow_local: a user's URL must not read the worker's disk
     repo, _, ref = url.partition("#")
     if repo.startswith("-") or ref.startswith("-"):
         raise _refuse(f"git url {_scrub(url)!r} is refused: neither repository nor ref may start with '-'")

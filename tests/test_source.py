@@ -536,3 +536,17 @@ def test_missing_git_is_a_platform_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BuildPlatformError):
         clone_git("https://example.com/r.git", tmp_path / "s", timeout=5)
+
+
+@pytest.mark.parametrize("name", ["a/" * 2000 + "f", "x" * 256, "d/" + "y" * 300 + "/f"])
+def test_overlong_names_are_refused(box, name):
+    dest, outside = box
+    message = refused(archive(file(name, b"1")), dest, outside)
+    assert message.startswith("source archive entry ") and message.endswith(" has a name that is too long")
+    assert len(message) < 300  # the name is shortened in the message
+    assert list(dest.iterdir()) == []
+
+
+def test_overlong_symlink_target_is_refused(box):
+    dest, outside = box
+    assert refused(archive(symlink("l", "t" * 5000)), dest, outside).endswith("has a name that is too long")
