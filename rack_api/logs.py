@@ -1,23 +1,179 @@
-"""Build logs: `GET /apps/{app}/builds/{id}/logs` (the stored log for now)."""
+"""Build logs: `GET /apps/{app}/builds/{id}/logs`, as a websocket (Convox's protocol) or chunked text.
+
+Options come from the query string or, as Convox's client sends them on a websocket, from headers:
+`offset` (bytes of the log to skip, default 0) and `follow` (default true; `false` stops at what exists).
+Notices such as "waiting for a worker" are sent only when the request names no offset: a client that
+counts bytes to resume passes `offset` (even 0) and receives log bytes only. Websocket frames are text:
+the log is decoded as UTF-8 (a character split across reads is kept whole; invalid bytes become U+FFFD), so
+resume a websocket at a character boundary, as counting the bytes of whole frames received always gives.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response
+import codecs
+import logging
+import select
+import socket
+import ssl
+import threading
 
-from rack import builds, objects
-from rack_api.params import rack
+from flask import Blueprint, Flask, Response, request, stream_with_context
+from simple_websocket import ConnectionClosed, Server
+
+from rack import buildlogs
+from rack.errors import Invalid, RackError
+from rack_api.params import param, rack
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("logs", __name__)
+FRAME = 64 * 1024
 
 
-@bp.get("/apps/<app>/builds/<build_id>/logs")
 def logs(app: str, build_id: str):
-    row = builds.get(rack(), app, build_id)
-    if not row["logs"]:
-        return Response("", mimetype="text/plain")
-    _, key = objects.parse_url(row["logs"])
-    with objects.open_object(rack(), app, key) as fh:
-        return Response(fh.read(), mimetype="text/plain")
+    """Stream a build's log: websocket frames on an upgrade, chunked text otherwise."""
+    offset_given = param("offset", header=True)
+    offset = _offset(offset_given)
+    follow = (param("follow", "true", header=True) or "true").lower() != "false"
+    client = _Client()
+    stream = buildlogs.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
+    notices = offset_given is None
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return _websocket(stream, client, notices)
+    client.sock = _http_socket(request.environ)
+    body = stream_with_context(_chunks(stream, notices))
+    return Response(body, mimetype="text/plain", headers={"X-Build-Status": stream.build["status"]})
+
+
+def _offset(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        raise Invalid(f"offset must be a byte count of 0 or more, got {raw!r}")
+    return int(raw)
+
+
+class _Client:
+    """Tell whether the client went away, so a follower of a quiet log does not outlive it."""
+
+    def __init__(self) -> None:
+        self.ws: Server | None = None
+        self.sock: socket.socket | None = None
+
+    def gone(self) -> bool:
+        if self.ws is not None:
+            return not self.ws.connected
+        return self.sock is not None and _peer_closed(self.sock)
+
+
+def _http_socket(environ: dict) -> socket.socket | None:
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    # Peeking needs a plain socket; behind TLS a gone client is noticed at the next write instead.
+    return sock if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket) else None
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Tell whether the peer closed its end: the socket reads as EOF (a pipelined request is not EOF)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def _chunks(stream: buildlogs.LogStream, notices: bool):
+    try:
+        for chunk in stream:
+            if isinstance(chunk, buildlogs.Notice):
+                if notices:
+                    yield chunk.encode()
+                continue
+            yield chunk
+    except RackError as exc:
+        # Cut the response short (no last chunk): the client sees a broken stream, never a complete log.
+        log.warning("log of build %s cut short: %s", stream.build["id"], exc.message)
+        raise
+    finally:
+        stream.close()
+
+
+def _websocket(stream: buildlogs.LogStream, client: _Client, notices: bool) -> Response:
+    """Upgrade, send the log as text frames, then an empty binary frame (Convox's end of stream)."""
+    environ = dict(request.environ)
+    for key in ("werkzeug.socket", "gunicorn.socket"):
+        if key in environ:
+            environ[key] = _SerialSocket(environ[key])
+    ws = Server(environ)
+    client.ws = ws
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # keeps a character split across chunks whole
+    try:
+        try:
+            for chunk in stream:
+                if isinstance(chunk, buildlogs.Notice):
+                    if notices:
+                        ws.send(str(chunk))
+                    continue
+                for start in range(0, len(chunk), FRAME):
+                    if text := decoder.decode(chunk[start : start + FRAME]):
+                        ws.send(text)
+            if text := decoder.decode(b"", final=True):
+                ws.send(text)
+        except RackError as exc:
+            ws.send(f"ERROR: {exc.message}\n")
+        except ConnectionClosed:
+            raise
+        except Exception:
+            log.exception("sending the log of build %s failed", stream.build["id"])
+            ws.send("ERROR: internal error: the rack logged the details\n")
+        ws.send(b"")
+        ws.close()
+    except (ConnectionClosed, OSError):
+        pass  # the client left; nothing more to tell it
+    finally:
+        stream.close()
+    return _Upgraded(ws.mode)
+
+
+class _SerialSocket:
+    """A socket whose sends go out whole and one at a time."""
+
+    # simple_websocket sends from two threads (ours: frames; its reader: pongs, close replies). A blocking
+    # send() may return before it wrote everything, so two senders could interleave frames' bytes.
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _Upgraded(Response):
+    """The response after a websocket ended: the connection is spent, so tell the server to drop it."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ, start_response):
+        if self.mode == "gunicorn":
+            raise StopIteration()  # gunicorn's signal to close the connection without writing a response
+        return super().__call__(environ, start_response)
+
+
+PATH = "/apps/<app>/builds/<build_id>/logs"
+bp.add_url_rule(PATH, view_func=logs, methods=["GET"])
+# werkzeug matches an upgrade request only to a websocket rule: the same view serves both.
+bp.add_url_rule(PATH, endpoint="logs_websocket", view_func=logs, methods=["GET"], websocket=True)
 
 
 def init_app(app: Flask) -> None:

@@ -1,0 +1,300 @@
+"""Build logs over the API on the real stack: websocket and chunked followers, offsets, endings, gunicorn."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+from conftest import basic
+
+from rack import apps, buildlogs, builds, objects
+from rack.logs import BuildLog
+from rack.sql import builds as sql
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+class SimBuild:
+    """A build driven by the test the way a worker drives one: running, lines into its stream, final."""
+
+    def __init__(self, rack, app: str) -> None:
+        self.rack, self.app = rack, app
+        objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(b"source"))
+        self.id = builds.create(rack, app, url=f"object://{app}/tmp/src.tgz")["id"]
+        self.log = BuildLog(rack.redis, self.id)
+
+    def start(self) -> None:
+        with self.rack.db.transaction() as conn:
+            assert sql.mark_running(conn, id=self.id, process="test")
+
+    def write(self, text: str | bytes) -> None:
+        self.log.append(text)
+
+    def write_lines(self, first: int, last: int, pause: float = 0.0) -> None:
+        for i in range(first, last):
+            self.write(f"Step {i}: RUN echo héllo ✓ {'x' * (i % 50)}\n")
+            if pause:
+                time.sleep(pause)
+
+    def finish(self, status: str = "complete", *, reason: str = "", store: bool = True, end: bool = True):
+        fields = {}
+        if store:
+            data = io.BytesIO(self.log.text())
+            fields["logs"] = objects.put_bytes_stream(self.rack, self.app, f"build/{self.id}/logs", data)
+        with self.rack.db.transaction() as conn:
+            assert sql.finish(conn, id=self.id, status=status, reason=reason, fields=fields)
+        if end:
+            self.log.end(status, ttl=60)
+
+    def expected(self) -> bytes:
+        return self.log.text()
+
+
+class Follower(threading.Thread):
+    """Read a build's log in a thread, over a websocket or chunked HTTP, recording what arrived."""
+
+    def __init__(self, server, build: SimBuild, *, ws: bool, offset: int | None = 0, stop_after: int = 0):
+        super().__init__(daemon=True)
+        self.server, self.build, self.ws = server, build, ws
+        self.offset, self.stop_after = offset, stop_after
+        self.data = bytearray()
+        self.ended = False  # the websocket's empty binary frame, or the chunked body's clean end
+        self.connected = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        path = f"/apps/{self.build.app}/builds/{self.build.id}/logs"
+        auth = basic(self.server.password)
+        if self.ws:
+            headers = [f"Authorization: {auth['Authorization']}"]
+            if self.offset is not None:
+                headers.append(f"Offset: {self.offset}")
+            conn = websocket.create_connection(self.server.url.replace("http", "ws") + path, header=headers)
+            self.connected.set()
+            try:
+                while True:
+                    opcode, data = conn.recv_data()
+                    if opcode == websocket.ABNF.OPCODE_BINARY and data == b"":
+                        self.ended = True
+                        return
+                    self.data += data
+                    if self.stop_after and len(self.data) >= self.stop_after:
+                        return
+            finally:
+                conn.close()
+        params = {} if self.offset is None else {"offset": self.offset}
+        with requests.get(self.server.url + path, params=params, headers=auth, stream=True, timeout=30) as r:
+            self.connected.set()
+            self.status = r.headers.get("X-Build-Status")
+            for chunk in r.iter_content(chunk_size=None):
+                self.data += chunk
+                if self.stop_after and len(self.data) >= self.stop_after:
+                    return
+            self.ended = True
+
+    def result(self, timeout: float = 20) -> bytes:
+        self.join(timeout)
+        assert not self.is_alive(), "the follower did not end"
+        return bytes(self.data)
+
+
+def char_boundary(data: bytes, offset: int) -> int:
+    """Move an offset back to a UTF-8 character's start: text frames cannot carry half a character."""
+    while offset and data[offset] & 0xC0 == 0x80:
+        offset -= 1
+    return offset
+
+
+def wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def sim(rack):
+    apps.create(rack, name="logs")
+    return lambda: SimBuild(rack, "logs")
+
+
+@pytest.mark.parametrize("ws", [True, False], ids=["websocket", "chunked"])
+def test_followers_before_during_and_after_get_the_same_bytes(live_server, sim, ws):
+    build = sim()
+    early = Follower(live_server, build, ws=ws)
+    early.connected.wait(5)
+    build.start()
+    writer = threading.Thread(target=build.write_lines, args=(0, 300, 0.002))
+    writer.start()
+    wait_for(lambda: len(early.data) > 1000)
+    middle = Follower(live_server, build, ws=ws)
+    writer.join()
+    build.write("a last line with no newline ✓")
+    build.finish()
+    late = Follower(live_server, build, ws=ws)
+    expected = build.expected()
+    assert len(expected) > 10_000
+    for follower in (early, middle, late):
+        assert follower.result() == expected
+        assert follower.ended
+
+
+@pytest.mark.parametrize("ws", [True, False], ids=["websocket", "chunked"])
+def test_a_cut_follower_resumes_with_offset_without_loss_or_repeat(live_server, sim, ws):
+    build = sim()
+    build.start()
+    writer = threading.Thread(target=build.write_lines, args=(0, 400, 0.002))
+    writer.start()
+    first = Follower(live_server, build, ws=ws, stop_after=3001)  # cut while lines still arrive
+    got = first.result()
+    assert len(got) >= 3001 and writer.is_alive()
+    second = Follower(live_server, build, ws=ws, offset=len(got))
+    writer.join()
+    build.finish()
+    assert got + second.result() == build.expected()
+    # An offset inside an entry is sliced, from the stored object as from the stream.
+    inside = char_boundary(build.expected(), len(got) - 7)
+    assert Follower(live_server, build, ws=ws, offset=inside).result() == build.expected()[inside:]
+
+
+def test_read_log_gives_the_same_bytes_from_every_offset_and_store(rack, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 30)
+    build.write("partial ✓")
+    expected = build.expected()
+
+    def read(offset: int) -> bytes:
+        chunks = buildlogs.read_log(rack, "logs", build.id, offset=offset, follow=False)
+        return b"".join(chunk for chunk in chunks if isinstance(chunk, bytes))
+
+    offsets = [*range(0, len(expected) + 3, 37), len(expected) - 1, len(expected)]
+    assert all(read(off) == expected[off:] for off in offsets)  # running: from the stream
+    build.finish(store=False, end=False)
+    assert all(read(off) == expected[off:] for off in offsets)  # final, object missing: from the stream
+    objects.put_bytes_stream(rack, "logs", f"build/{build.id}/logs", io.BytesIO(expected))
+    with rack.db.transaction() as conn:
+        sql.update(conn, id=build.id, fields={"logs": f"object://logs/build/{build.id}/logs"})
+    rack.redis.delete(build.log.key)  # the stream expired: the object alone serves it
+    assert all(read(off) == expected[off:] for off in offsets)
+
+
+def test_a_build_that_ends_without_an_end_entry_still_ends_the_follow(live_server, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 20)
+    follower = Follower(live_server, build, ws=True)
+    wait_for(lambda: len(follower.data) == len(build.expected()))
+    build.write_lines(20, 25)
+    build.finish("failed", reason="platform:worker: the worker stopped", store=False, end=False)
+    assert follower.result(timeout=6) == build.expected()
+    assert follower.ended
+
+
+def test_a_waiting_build_says_so_unless_an_offset_is_given(live_server, sim, client):
+    build = sim()
+    bare = Follower(live_server, build, ws=True, offset=None)
+    counted = Follower(live_server, build, ws=True, offset=0)
+    wait_for(lambda: bare.data)
+    assert bytes(bare.data) == f"waiting for a worker to start build {build.id}…\n".encode()
+    with build.rack.db.transaction() as conn:  # cancelled before a worker took it: no log at all
+        sql.finish(conn, id=build.id, status="failed", reason="cancelled")
+    assert bare.result(timeout=6).endswith(f"build {build.id} failed -- no build logs available\n".encode())
+    assert counted.result(timeout=6) == b"" and counted.ended
+    resp = client.get(f"/apps/logs/builds/{build.id}/logs")
+    assert resp.headers["X-Build-Status"] == "failed"
+    assert b"no build logs available" in resp.data
+
+
+def test_follow_false_returns_what_there_is_now(live_server, sim, client):
+    build = sim()
+    build.start()
+    build.write_lines(0, 10)
+    resp = client.get(f"/apps/logs/builds/{build.id}/logs?follow=false")
+    assert resp.status_code == 200 and resp.headers["X-Build-Status"] == "running"
+    assert resp.data == build.expected()
+    resp = client.get(f"/apps/logs/builds/{build.id}/logs", headers={"Follow": "false", "Offset": "5"})
+    assert resp.data == build.expected()[5:]
+    conn = websocket.create_connection(
+        live_server.url.replace("http", "ws") + f"/apps/logs/builds/{build.id}/logs",
+        header=[f"Authorization: {basic(live_server.password)['Authorization']}", "Follow: false"],
+        timeout=5,
+    )
+    frames = []
+    while not frames or frames[-1] != (websocket.ABNF.OPCODE_BINARY, b""):
+        frames.append(conn.recv_data())
+    conn.close()
+    assert b"".join(data for _, data in frames) == build.expected()
+    assert all(op == websocket.ABNF.OPCODE_TEXT for op, _ in frames[:-1])
+
+
+def test_unknown_builds_and_bad_offsets_are_refused_before_streaming(live_server, sim, client):
+    build = sim()
+    assert client.get("/apps/logs/builds/BNOTTHEREXX/logs").status_code == 404
+    assert client.get(f"/apps/nope/builds/{build.id}/logs").status_code == 404
+    assert client.get(f"/apps/logs/builds/{build.id}/logs?offset=-3").status_code == 400
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        websocket.create_connection(
+            live_server.url.replace("http", "ws") + "/apps/logs/builds/BNOTTHEREXX/logs",
+            header=[f"Authorization: {basic(live_server.password)['Authorization']}"],
+        )
+    assert err.value.status_code == 404
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        websocket.create_connection(
+            f"{live_server.url.replace('http', 'ws')}/apps/logs/builds/{build.id}/logs"
+        )
+    assert err.value.status_code == 401
+
+
+@pytest.fixture
+def gunicorn_server(stack, settings, tmp_path):
+    """The API under gunicorn's gthread worker, as production runs it, on the test stack."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **stack.env, "RACK_STORAGE": settings.storage}
+    argv = [CHECKOUT / ".venv/bin/gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread"]
+    argv += ["--threads", "16", "--workers", "2", "--timeout", "0", "rack_api.wsgi:app"]
+    out = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, cwd=CHECKOUT, stdout=out, stderr=subprocess.STDOUT)
+    server = type("Gunicorn", (), {"url": f"http://127.0.0.1:{port}", "password": settings.password})
+    try:
+        wait_for(lambda: _answers(server.url) or proc.poll() is not None, timeout=20)
+        assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+        yield server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        out.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/check", timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def test_websocket_and_chunked_under_gunicorn_gthread(gunicorn_server, sim):
+    build = sim()
+    followers = [Follower(gunicorn_server, build, ws=ws) for ws in (True, False, True)]
+    for follower in followers:
+        follower.connected.wait(5)
+    build.start()
+    build.write_lines(0, 2000)
+    build.finish()
+    expected = build.expected()
+    inside = char_boundary(expected, 1234)
+    followers.append(Follower(gunicorn_server, build, ws=True, offset=inside))
+    for follower in followers[:3]:
+        assert follower.result() == expected and follower.ended
+    assert followers[3].result() == expected[inside:] and followers[3].ended
