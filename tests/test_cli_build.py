@@ -6,9 +6,11 @@ import dataclasses
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +22,7 @@ from rack import apps, builds, objects, releases
 from rack.sql import builds as builds_sql
 
 MANIFEST = "services:\n  web:\n    build: .\n"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
 LOG = b"Step 1/2 : FROM busybox\nStep 2/2 : RUN echo hi\nhi\n"
 
 
@@ -262,3 +265,54 @@ def test_build_as_a_subprocess_prints_only_the_release_id(cli_env, rack, worker,
     assert re.fullmatch(r"R[A-Z]{10}", proc.stdout)
     assert proc.stdout == builds.get(rack, "myapp", worker.enqueued[0])["release"]
     assert "Starting build... OK" in proc.stderr
+
+
+@pytest.fixture
+def pipeline(docker_stack, rack, monkeypatch):
+    """Run each enqueued build on the real pipeline in a thread, as a worker would."""
+    from rack.pipeline import run_build
+
+    threads: list[threading.Thread] = []
+
+    def enqueue(build_id: str) -> None:
+        t = threading.Thread(target=run_build, args=(rack, build_id), kwargs={"process": "test"}, daemon=True)
+        t.start()
+        threads.append(t)
+
+    monkeypatch.setattr(rack, "enqueue_build", enqueue)
+    yield threads
+    for t in threads:
+        t.join(60)
+
+
+@pytest.mark.docker
+def test_build_and_deploy_the_example_app_end_to_end(pipeline, cli_env, rack, tmp_path):
+    root = tmp_path / "myapp"
+    shutil.copytree(EXAMPLE, root, symlinks=True)
+    apps.create(rack, name="myapp")
+    assert run("env", "set", "-a", "myapp", "COLOR=blue").exit_code == 0
+    result = run("deploy", str(root), "--build-args", "GREETING=howdy")
+    assert result.exit_code == 0, result.output
+    assert "baked: greeting=howdy color=blue" in result.stdout
+    build_id = re.search(r"^Build:   (B[A-Z]{10})$", result.stdout, re.M).group(1)
+    row = builds.get(rack, "myapp", build_id)
+    assert row["status"] == "complete" and set(row["images"]) == {"web", "worker", "tools"}
+    assert result.stdout.endswith(f"Release: {row['release']}\nPromoting {row['release']}... OK\n")
+    assert apps.get(rack, "myapp")["release"] == row["release"]
+    files = uploaded(rack, row)
+    assert (
+        "keep.log" in files and "debug.log" not in files and not any(n.startswith("secrets") for n in files)
+    )
+
+
+@pytest.mark.docker
+def test_failing_step_fails_the_command_with_the_reason(pipeline, cli_env, rack, tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "convox.yml").write_text(MANIFEST)
+    (root / "Dockerfile").write_text("FROM busybox\nRUN echo about to fail && false\n")
+    apps.create(rack, name="broken")
+    result = run("build", str(root))
+    assert result.exit_code == 1
+    assert "about to fail" in result.stdout
+    assert result.stderr.startswith("Error: build failed: ") and len(result.stderr.splitlines()) == 1
