@@ -69,7 +69,12 @@ def test_dockerignore_semantics(tmp_path):
 
 def test_manifest_dockerfile_and_dockerignore_are_always_sent(tmp_path):
     root = make_tree(tmp_path, {**TREE, "other.yml": "services: {}\n", ".dockerignore": "*\n!app.py\n"})
-    assert set(source_files(root, manifest="other.yml")) == {"other.yml", "Dockerfile", ".dockerignore", "app.py"}
+    assert set(source_files(root, manifest="other.yml")) == {
+        "other.yml",
+        "Dockerfile",
+        ".dockerignore",
+        "app.py",
+    }
 
 
 def test_no_dockerignore_sends_everything_and_keeps_modes_and_links(tmp_path):
