@@ -183,3 +183,21 @@ def test_builds_table_and_info(myapp, rack):
     assert failed_info[-1] == "Reason       user:build: RUN false returned 1"
     missing = run("builds", "info", "BNOPENOPENO")
     assert missing.exit_code == 1 and "build not found" in missing.output
+
+
+def test_releases_info_masks_env_on_a_terminal_unless_revealed(myapp, rack, monkeypatch):
+    import io
+
+    import click
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    ok("env", "set", "TOKEN=s3cret", "A=x=y")
+    r = releases.list_for_app(rack, myapp)[0]["id"]
+    real = click.get_text_stream
+    monkeypatch.setattr(click, "get_text_stream", lambda n, *a, **k: Terminal() if n == "stdout" else real(n))
+    masked = ok("releases", "info", r)
+    assert "s3cret" not in masked and "TOKEN=****" in masked and "A=****" in masked
+    assert "TOKEN=s3cret" in ok("releases", "info", r, "--reveal")
