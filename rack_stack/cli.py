@@ -22,13 +22,15 @@ PORT_VARIABLES = {
 }
 
 
-def local_stack(home: str | None) -> Stack:
+def local_stack(home: str | None, *, port_variables: bool = True) -> Stack:
     """Return the stack in `home`, $RACK_HOME or `<checkout>/.rack`.
 
-    Ports come from $RACK_*_PORT, else from the stack's ports.json, else DEFAULT_PORTS.
+    Ports come from $RACK_*_PORT (unless `port_variables` is false), else from the stack's ports.json,
+    else DEFAULT_PORTS.
     """
     folder = Path(home or os.environ.get("RACK_HOME") or CHECKOUT / ".rack")
-    ports = {key: int(os.environ[var]) for key, var in PORT_VARIABLES.items() if os.environ.get(var)}
+    variables = PORT_VARIABLES if port_variables else {}
+    ports = {key: int(os.environ[var]) for key, var in variables.items() if os.environ.get(var)}
     try:
         return Stack(folder, ports, default_ports=DEFAULT_PORTS)
     except (StartError, ValueError) as exc:
@@ -74,7 +76,7 @@ def up(home: str | None, services_only: bool) -> None:
 @home_option
 def down(home: str | None) -> None:
     """Stop the API, the worker and the services."""
-    stack = local_stack(home)
+    stack = local_stack(home, port_variables=False)  # whatever ports it runs on
     for name, was_running in stack.stop().items():
         click.echo(f"{name:<9} {'stopped' if was_running else 'not running'}")
 

@@ -34,6 +34,11 @@ class Service:
         return self.home / f"{self.name}.log"
 
     @property
+    def port(self) -> int | None:
+        """Return the loopback TCP port it listens on, if any."""
+        return None
+
+    @property
     def address(self) -> str:
         """Return where clients reach it, for `status`."""
         return ""

@@ -83,6 +83,13 @@ class Stack:
     def start(self, services: Iterable[str] = SERVICES) -> dict[str, bool]:
         """Start the named services that are not up yet; tell for each whether it was started."""
         names = self._names(services)
+        taken = [
+            f"{name}: port {svc.port} on 127.0.0.1 is taken by another process"
+            for name, svc in ((n, self.services[n]) for n in names)
+            if svc.port is not None and svc.pid() is None and not procs.port_free(svc.port)
+        ]
+        if taken:  # before starting anything, rather than leave half a stack running
+            raise procs.StartError("\n".join(taken))
         (self.home / "objects").mkdir(exist_ok=True)
         self.run_dir.mkdir(mode=0o755, exist_ok=True)
         if "postgres" in names and os.geteuid() == 0:
