@@ -25,8 +25,10 @@ class Database:
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         with self._lock:
             if self._pool is None:
+                # psycopg2 closes every connection handed back beyond `minconn`: keep a few, not none,
+                # or every transaction pays for a new connection (~10 ms with its authentication).
                 self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, self.maxconn, self.url, connect_timeout=5
+                    min(2, self.maxconn), self.maxconn, self.url, connect_timeout=5
                 )
             return self._pool
 

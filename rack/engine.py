@@ -23,6 +23,7 @@ _STEP = re.compile(r"^Step \d+/\d+ : (\S+)")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})\s*$")
 _REMOVING = re.compile(r"^Removing intermediate container ([0-9a-f]{12,64})\s*$")
 _TRANSPORT = (requests.exceptions.RequestException, OSError)
+_api_versions: dict[str, str] = {}  # per engine address: asking each build costs a round trip
 
 
 def _no_check() -> None:
@@ -75,8 +76,10 @@ class Engine:
         self.settings = settings
         self._container: str | None = None  # the build step container running now, for interrupt()
         self._lock = threading.Lock()
+        version = _api_versions.get(settings.docker_host, "auto")
         with engine_errors(f"connecting to the Docker engine at {settings.docker_host}"):
-            self.client = docker.DockerClient(base_url=settings.docker_host, timeout=300)
+            self.client = docker.DockerClient(base_url=settings.docker_host, version=version, timeout=300)
+        _api_versions[settings.docker_host] = self.client.api.api_version
         self.api = self.client.api
         self._logged_in = False
 
