@@ -13,6 +13,17 @@ import psycopg2.pool
 from rack.errors import Unavailable
 
 
+class _LazyPool(psycopg2.pool.ThreadedConnectionPool):
+    """Open connections only when needed, and keep every one handed back for reuse.
+
+    psycopg2 closes returned connections beyond `minconn`, and opens `minconn` of them up front.
+    """
+
+    def __init__(self, maxconn: int, *args, **kwargs) -> None:
+        super().__init__(0, maxconn, *args, **kwargs)
+        self.minconn = maxconn
+
+
 class Database:
     """Hand out connections from a lazily created pool; never connect at import time."""
 
@@ -25,11 +36,7 @@ class Database:
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         with self._lock:
             if self._pool is None:
-                # psycopg2 closes every connection handed back beyond `minconn`: keep a few, not none,
-                # or every transaction pays for a new connection (~10 ms with its authentication).
-                self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    min(2, self.maxconn), self.maxconn, self.url, connect_timeout=5
-                )
+                self._pool = _LazyPool(self.maxconn, self.url, connect_timeout=5)
             return self._pool
 
     @contextmanager
