@@ -6,6 +6,7 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from rack import dockerfile, manifest, objects, releases
 from rack.buildwatch import Watch
@@ -84,6 +85,14 @@ class Output:
         return self.text
 
 
+def without_credentials(url: str) -> str:
+    """Drop the user and password from a URL, for logging it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def inside(root: Path, relative: str, *, code: str, what: str) -> Path:
     """Resolve a path given in the source and refuse one that leads outside it."""
     path = (root / relative).resolve()
@@ -116,6 +125,7 @@ class BuildRun:
     def run(self) -> None:
         """Fetch the source, read the manifest, then build or pull, tag and push every service."""
         self.fetch_source()
+        self.check()
         text, name = self.read_manifest()
         env = self.build_env(name)
         self.out.mask(secret_values(env, [self.rack.settings.registry_password]))
@@ -137,6 +147,7 @@ class BuildRun:
             self.out.line(f"Running: docker push {tag}")
             digest = drain(self.engine.push(tag, check=self.check), self.out.write)
             self.images[service.name] = {"image": tag, "digest": digest}
+        self.check()  # a cancel that came during the last push still wins
 
     def fetch_source(self) -> None:
         """Extract the uploaded tarball, or clone the git URL, into the source folder."""
@@ -159,7 +170,7 @@ class BuildRun:
                     max_entries=settings.extract_max_entries,
                 )
         else:
-            self.out.line(f"Cloning: {url}")
+            self.out.line(f"Cloning: {without_credentials(url)}")
             self.git_sha = clone_git(url, self.src, timeout=max(1, int(self.watch.remaining())))
 
     def read_manifest(self) -> tuple[str, str]:

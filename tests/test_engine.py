@@ -184,3 +184,26 @@ def test_interrupt_stops_a_running_step_and_leaves_no_container(engine, engine_s
     while left() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left() == [], json.dumps(left())[:500]
+
+
+@pytest.mark.docker
+def test_memory_and_cpu_limits_apply_to_build_steps(docker_stack, tmp_path):
+    limited = load_settings(
+        {**docker_stack.env, "RACK_BUILD_MEMORY": str(32 * 1024 * 1024), "RACK_BUILD_CPUS": "1"}
+    )
+    ctx = _context(
+        tmp_path,
+        "FROM busybox\nRUN cat /sys/fs/cgroup/memory/memory.limit_in_bytes; nproc\n"
+        "RUN dd if=/dev/zero bs=64M count=1 of=/dev/null\n",
+    )
+    lines: list[str] = []
+    with Engine(limited) as engine, pytest.raises(BuildUserError) as info:
+        drain(
+            engine.build(context=ctx, dockerfile="Dockerfile", tag="enginetest:limits", buildargs={}),
+            lines.append,
+        )
+    assert "33554432\n" in lines
+    assert "1\n" in lines
+    assert info.value.message.endswith(
+        "returned a non-zero code: 137 (the step was killed: out of memory, or stopped)"
+    )

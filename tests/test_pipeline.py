@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -251,11 +252,13 @@ def test_bad_sources_fail_with_clear_reasons(broken, tmp_path, files, reason):
         assert row["manifest"] == files["convox.yml"]
 
 
-def test_development_builds_the_development_stage(broken, tmp_path, docker_client):
+def test_development_builds_the_development_stage_and_a_shared_build_runs_once(
+    broken, tmp_path, docker_client
+):
     folder = write_app(
         tmp_path,
         {
-            "convox.yml": "services:\n  web:\n    build: .\n",
+            "convox.yml": "services:\n  web:\n    build: .\n  api:\n    build:\n      path: .\n",
             "Dockerfile": 'FROM busybox AS development\nRUN echo dev > /stage\nCMD ["cat", "/stage"]\n'
             'FROM busybox AS production\nRUN echo prod > /stage\nCMD ["cat", "/stage"]\n',
         },
@@ -264,6 +267,10 @@ def test_development_builds_the_development_stage(broken, tmp_path, docker_clien
     prod = build(broken, "broken", folder)
     assert run(docker_client, dev["images"]["web"]["image"]) == "dev\n"
     assert run(docker_client, prod["images"]["web"]["image"]) == "prod\n"
+    assert prod["images"]["api"]["digest"] == prod["images"]["web"]["digest"]
+    text = build_log(broken, prod)
+    assert text.count("Building: ") == 1
+    assert f"Running: docker tag {prod['images']['web']['image']} {prod['images']['api']['image']}\n" in text
 
 
 SLOW = {
@@ -315,3 +322,18 @@ def test_a_missing_source_object_is_a_user_error(broken):
     result = pipeline.run_build(broken, row["id"], process="tests:1")
     assert result["status"] == "failed"
     assert result["reason"] == f"user:source: the source object is gone: {url}"
+
+
+def test_the_worker_task_runs_the_build_as_this_worker(broken, tmp_path, monkeypatch):
+    from rack_worker import tasks
+
+    monkeypatch.setattr(tasks, "_rack", broken)
+    monkeypatch.setattr(tasks, "_pid", os.getpid())
+    folder = write_app(tmp_path, {"convox.yml": "services:\n  tools:\n    image: busybox\n"})
+    url = upload(broken, "broken", folder)
+    row = builds.create(broken, "broken", url=url)
+    tasks.run_build.apply(args=[row["id"]], task_id="task-1")
+    done = builds.get(broken, "broken", row["id"])
+    assert done["status"] == "complete", done["reason"]
+    assert done["process"].endswith(":task-1")
+    assert done["entrypoint"] == ""  # no built service
