@@ -7,66 +7,35 @@ import math
 import re
 import shlex
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from rack.config import Settings
-from rack.errors import BuildError, BuildPlatformError, BuildUserError
+from rack.dockerstream import (
+    TRANSPORT,
+    Lines,
+    Progress,
+    build_refused,
+    drain,
+    engine_errors,
+    event_message,
+    first_line,
+    step_error,
+)
+from rack.errors import BuildPlatformError, BuildUserError
 
+__all__ = ["Engine", "Progress", "drain", "split_image"]
 Check = Callable[[], None]
-Lines = Generator[str, None, str]
-_STEP = re.compile(r"^Step \d+/\d+ : (\S+)")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})\s*$")
 _REMOVING = re.compile(r"^Removing intermediate container ([0-9a-f]{12,64})\s*$")
-_TRANSPORT = (requests.exceptions.RequestException, OSError)
 _api_versions: dict[str, str] = {}  # per engine address: asking each build costs a round trip
 
 
 def _no_check() -> None:
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-
-
-@contextlib.contextmanager
-def engine_errors(doing: str) -> Iterator[None]:
-    """Turn docker SDK and transport errors raised while `doing` something into platform errors."""
-    try:
-        yield
-    except BuildError:
-        raise
-    except docker.errors.DockerException as exc:
-        raise BuildPlatformError("platform:engine", f"{doing}: {_first_line(exc)}") from exc
-    except _TRANSPORT as exc:
-        raise BuildPlatformError(
-            "platform:engine", f"{doing}: the Docker engine is unreachable ({exc})"
-        ) from exc
-
-
-class Progress:
-    """Condense pull and push progress to one line per layer status change."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, str] = {}
-
-    def line(self, event: dict) -> str | None:
-        status = event.get("status")
-        if not status:
-            return None
-        layer = event.get("id")
-        if layer is None:
-            return f"{status}\n"
-        if self.seen.get(layer) == status:
-            return None
-        self.seen[layer] = status
-        return f"{layer}: {status}\n"
 
 
 class Engine:
@@ -146,7 +115,7 @@ class Engine:
                 for event in stream:
                     check()
                     if "error" in event or "errorDetail" in event:
-                        raise _step_error(event, step)
+                        raise step_error(event, step)
                     text = event.get("stream")
                     if text is not None:
                         step = self._track(text, step)
@@ -155,7 +124,7 @@ class Engine:
                         yield line
                     image_id = (event.get("aux") or {}).get("ID", image_id)
             except docker.errors.APIError as exc:  # the engine refused the request before building
-                raise _build_refused(exc, dockerfile) from exc
+                raise build_refused(exc, dockerfile) from exc
             finally:
                 stream.close()
                 self._remove_container()
@@ -192,7 +161,7 @@ class Engine:
             return
         other = docker.APIClient(base_url=self.settings.docker_host, timeout=30)
         try:
-            with contextlib.suppress(docker.errors.DockerException, *_TRANSPORT):
+            with contextlib.suppress(docker.errors.DockerException, *TRANSPORT):
                 other.kill(container)
         finally:
             other.close()
@@ -201,7 +170,7 @@ class Engine:
         with self._lock:
             container, self._container = self._container, None
         if container is not None:
-            with contextlib.suppress(docker.errors.DockerException, *_TRANSPORT):
+            with contextlib.suppress(docker.errors.DockerException, *TRANSPORT):
                 self.api.remove_container(container, force=True)
 
     def has_image(self, name: str) -> bool:
@@ -231,12 +200,12 @@ class Engine:
             try:
                 stream = self.api.pull(repository, tag, stream=True, decode=True, auth_config=self.auth)
             except docker.errors.APIError as exc:
-                raise BuildUserError("user:image", f"can not pull {image}: {_first_line(exc)}") from exc
+                raise BuildUserError("user:image", f"can not pull {image}: {first_line(exc)}") from exc
             try:
                 for event in stream:
                     check()
                     if "error" in event or "errorDetail" in event:
-                        raise BuildUserError("user:image", f"can not pull {image}: {_event_message(event)}")
+                        raise BuildUserError("user:image", f"can not pull {image}: {event_message(event)}")
                     if (line := progress.line(event)) is not None:
                         yield line
             finally:
@@ -262,7 +231,7 @@ class Engine:
                         check()
                         if "error" in event or "errorDetail" in event:
                             raise BuildPlatformError(
-                                "platform:registry", f"pushing {image} failed: {_event_message(event)}"
+                                "platform:registry", f"pushing {image} failed: {event_message(event)}"
                             )
                         digest = (event.get("aux") or {}).get("Digest", digest)
                         if (line := progress.line(event)) is not None:
@@ -289,40 +258,3 @@ def split_image(image: str) -> tuple[str, str]:
     else:
         tag = "latest"
     return (f"{name}/{tail}" if name else tail), tag
-
-
-def drain(lines: Lines, write: Callable[[str], None]):
-    """Write every line a generator yields and return its return value."""
-    while True:
-        try:
-            write(next(lines))
-        except StopIteration as stop:
-            return stop.value
-
-
-def _event_message(event: dict) -> str:
-    return str((event.get("errorDetail") or {}).get("message") or event.get("error") or event).strip()
-
-
-def _build_refused(exc: docker.errors.APIError, dockerfile: str) -> BuildError:
-    message = _first_line(exc)
-    if exc.is_client_error() or "Dockerfile" in message or "dockerfile" in message:
-        return BuildUserError("user:dockerfile", f"{dockerfile}: {message}")
-    return BuildPlatformError("platform:engine", f"the engine refused the build: {message}")
-
-
-def _step_error(event: dict, step: str) -> BuildError:
-    message = _event_message(event)
-    if "no space left on device" in message:
-        return BuildPlatformError("platform:disk", f"{step}: {message}" if step else message)
-    if not step:
-        return BuildUserError("user:dockerfile", message)
-    instruction = m.group(1).upper() if (m := _STEP.match(step)) else ""
-    if instruction == "FROM":
-        return BuildUserError(
-            "user:base-image",
-            f"{step}: the image is neither in the engine nor in the rack's registry ({message})",
-        )
-    if message.endswith("returned a non-zero code: 137"):
-        message += " (the step was killed: out of memory, or stopped)"
-    return BuildUserError("user:step", f"{step}: {message}")
