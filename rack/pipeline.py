@@ -137,6 +137,9 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
 
 def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str, run: BuildRun | None):
     """Log the error, store the log, mark the build failed with the error's reason, end the stream."""
+    if error.code == "platform:lost":  # whoever ended the build logged why and stored the log
+        out.close()
+        return None
     fields: dict = {"images": run.images if run else {}}
     if not out.closed:
         out.line(f"ERROR: {error.message}")

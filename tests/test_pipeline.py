@@ -302,6 +302,32 @@ def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client
     assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
 
 
+def test_a_build_ended_elsewhere_stops_and_leaves_the_outcome_alone(broken, tmp_path, docker_client):
+    from rack import lifecycle
+
+    url = upload(broken, "broken", write_app(tmp_path, SLOW))
+    row = builds.create(broken, "broken", url=url)
+
+    def cancel_when_started() -> None:
+        for entry in BuildLog(broken.redis, row["id"]).follow(block_ms=200):
+            if b"started\n" in entry.data:
+                lifecycle.cancel(broken, "broken", row["id"])  # fails the build and ends its log itself
+                return
+
+    canceller = threading.Thread(target=cancel_when_started, daemon=True)
+    canceller.start()
+    began = time.monotonic()
+    assert pipeline.run_build(broken, row["id"], process="tests:1") is None
+    canceller.join(5)
+    assert time.monotonic() - began < 20
+    done = builds.get(broken, "broken", row["id"])
+    assert (done["status"], done["reason"]) == ("failed", "cancelled: the build was cancelled")
+    text = build_log(broken, done)
+    assert text.endswith("ERROR: cancelled: the build was cancelled\n")
+    assert "platform:lost" not in text and "someone else" not in text
+    assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
+
+
 def test_a_build_past_its_timeout_fails_with_timeout(broken, tmp_path):
     with broken.db.transaction() as conn:
         execute(conn, "UPDATE apps SET build_timeout = 3 WHERE name = 'broken'")
