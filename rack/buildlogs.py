@@ -25,6 +25,7 @@ from rack.logs import BuildLog
 
 CHUNK = 64 * 1024
 BATCH = 1000
+END_GRACE_S = 1.0
 WAITING = "waiting for a worker to start build {id}…\n"
 NO_LOG = "build {id} failed -- no build logs available\n"
 Stop = Callable[[], bool]
@@ -134,20 +135,30 @@ def _final(rack: Rack, row: dict, cursor: _Cursor, *, start: int | None = None) 
         if not sent and skip == 0 and row["status"] == "failed":
             yield Notice(NO_LOG.format(id=row["id"]))
         return
-    rest = _Cursor(skip)
-    log = BuildLog(rack.redis, row["id"])
-    after = "0-0"
-    seen = 0
-    while entries := log.read(after=after, count=BATCH):
-        data = b"".join(entry.data for entry in entries)
-        seen += len(data)
-        if data := rest.take(data):
-            yield data
-        if entries[-1].end_status is not None:
-            break
-        after = entries[-1].id
-    if seen == 0 and skip == 0 and row["status"] == "failed":
-        yield Notice(NO_LOG.format(id=row["id"]))
+    if not (yield from _stream_rest(BuildLog(rack.redis, row["id"]), _Cursor(skip))):
+        if skip == 0 and row["status"] == "failed":
+            yield Notice(NO_LOG.format(id=row["id"]))
+
+
+def _stream_rest(log: BuildLog, cursor: _Cursor) -> Iterator[bytes]:
+    """Yield what a final build's stream holds past the offset; return whether it had any entry."""
+    # Whoever ended the build may still be adding to the stream (the reaper marks the build failed, then
+    # appends its reason and the end entry): a stream with no end entry gets a short grace to complete.
+    after, grace = "0-0", None
+    while True:
+        entries = log.read(after=after, count=BATCH, block_ms=None if grace is None else 100)
+        if entries:
+            if data := cursor.take(b"".join(entry.data for entry in entries)):
+                yield data
+            if entries[-1].end_status is not None:
+                return True
+            after = entries[-1].id
+        elif after == "0-0":
+            return False
+        elif grace is None:
+            grace = time.monotonic() + END_GRACE_S
+        elif time.monotonic() >= grace:
+            return True
 
 
 def _open_stored(rack: Rack, row: dict) -> BinaryIO | None:

@@ -86,6 +86,7 @@ def _peer_closed(sock: socket.socket) -> bool:
 
 
 def _chunks(stream: buildlogs.LogStream, notices: bool):
+    yield b""  # sends the headers now: a build waiting for a worker may not log anything for a while
     try:
         for chunk in stream:
             if isinstance(chunk, buildlogs.Notice):

@@ -179,13 +179,26 @@ def test_read_log_gives_the_same_bytes_from_every_offset_and_store(rack, sim):
 
     offsets = [*range(0, len(expected) + 3, 37), len(expected) - 1, len(expected)]
     assert all(read(off) == expected[off:] for off in offsets)  # running: from the stream
-    build.finish(store=False, end=False)
+    build.finish(store=False)
     assert all(read(off) == expected[off:] for off in offsets)  # final, object missing: from the stream
     objects.put_bytes_stream(rack, "logs", f"build/{build.id}/logs", io.BytesIO(expected))
     with rack.db.transaction() as conn:
         sql.update(conn, id=build.id, fields={"logs": f"object://logs/build/{build.id}/logs"})
     rack.redis.delete(build.log.key)  # the stream expired: the object alone serves it
     assert all(read(off) == expected[off:] for off in offsets)
+
+
+def test_a_final_build_waits_briefly_for_the_reapers_last_line(rack, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 3)
+    build.finish("failed", reason="worker-lost", store=False, end=False)  # the reaper's first step
+    late = threading.Timer(
+        0.3, lambda: (build.write("ERROR: worker-lost\n"), build.log.end("failed", ttl=60))
+    )
+    late.start()
+    chunks = list(buildlogs.read_log(rack, "logs", build.id))
+    assert b"".join(chunks) == build.expected() and build.expected().endswith(b"ERROR: worker-lost\n")
 
 
 def test_a_build_that_ends_without_an_end_entry_still_ends_the_follow(live_server, sim):

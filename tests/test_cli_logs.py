@@ -134,7 +134,7 @@ def test_no_follow_prints_what_there_is_and_exits_zero(cli_env, sim):
     assert run("BNOTTHEREXX").exit_code == 1
 
 
-def test_follow_waits_for_a_worker_then_follows_to_the_end(live_server, sim):
+def test_follow_waits_for_a_worker_then_follows_to_the_end(live_server, sim, capsys):
     build = sim()
     client = RackClient(Endpoint(live_server.url, live_server.password))
     out = Sink()
@@ -148,6 +148,7 @@ def test_follow_waits_for_a_worker_then_follows_to_the_end(live_server, sim):
     follower.join(10)
     assert result[0]["status"] == "complete"
     assert out.getvalue() == build.expected()
+    assert capsys.readouterr().err == f"waiting for a worker to start build {build.id}…\n"
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["connection-cut", "server-down-and-back"])
