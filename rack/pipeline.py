@@ -37,28 +37,30 @@ def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
     build_log = BuildLog(rack.redis, build_id, masker=Masker(secret_values({}, [settings.registry_password])))
     out = Output(build_log)
     src = Path(tempfile.mkdtemp(prefix=f"rack-{build_id}-"))
+    watch = Watch(rack, build_id=build_id, process=process, timeout=timeout)
     run: BuildRun | None = None
+    error: BuildError | None = None
     try:
-        with Watch(rack, build_id=build_id, process=process, timeout=timeout) as watch:
-            with Engine(settings) as engine:
-                watch.on_stop(engine.interrupt)
-                run = BuildRun(rack, row, src / "src", out, engine, watch)
-                run.run()
+        with watch, Engine(settings) as engine:
+            watch.on_stop(engine.interrupt)
+            run = BuildRun(rack, row, src / "src", out, engine, watch)
+            run.run()
     except BuildError as exc:
-        return _fail(rack, row, out, exc, process=process, run=run)
+        error = exc
     except RackError as exc:  # Postgres, Redis or the store went away mid-build
         error = BuildPlatformError("platform:unavailable", exc.message)
-        return _fail(rack, row, out, error, process=process, run=run)
     except Exception as exc:
         log.exception("build %s failed unexpectedly", build_id)
         error = BuildPlatformError("platform:internal", f"{type(exc).__name__}: {exc}")
-        return _fail(rack, row, out, error, process=process, run=run)
     except BaseException as exc:  # the worker is stopping: leave the build failed, not running
         error = BuildPlatformError("platform:interrupted", f"the worker stopped ({type(exc).__name__})")
-        _fail(rack, row, out, error, process=process, run=run)
+        _fail(rack, row, out, watch.stopped or error, process=process, run=run)
         raise
     finally:
         shutil.rmtree(src, ignore_errors=True)
+    if error is not None:
+        # Once the build was told to stop, what failed next (a killed step) is a consequence, not the cause.
+        return _fail(rack, row, out, watch.stopped or error, process=process, run=run)
     return _complete(rack, row, out, run, process=process)
 
 
@@ -140,15 +142,14 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
     if error.code == "platform:lost":  # whoever ended the build logged why and stored the log
         out.close()
         return None
+    reason = out.build_log.masker.mask(error.reason)
     fields: dict = {"images": run.images if run else {}}
     if not out.closed:
         out.line(f"ERROR: {error.message}")
         fields["logs"] = _store_log(rack, row, out)
 
     def finish(conn) -> dict | None:
-        return sql.finish(
-            conn, id=row["id"], status="failed", reason=error.reason, fields=fields, process=process
-        )
+        return sql.finish(conn, id=row["id"], status="failed", reason=reason, fields=fields, process=process)
 
     try:
         done = _record(rack, finish)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -363,3 +364,22 @@ def test_the_worker_task_runs_the_build_as_this_worker(broken, tmp_path, monkeyp
     assert done["status"] == "complete", done["reason"]
     assert done["process"].endswith(":task-1")
     assert done["entrypoint"] == ""  # no built service
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"docker_host": "unix:///nonexistent/docker.sock"}, "platform:engine: "),
+        ({"registry": "127.0.0.1:9"}, "platform:registry: pushing 127.0.0.1:9/broken:tools."),
+    ],
+)
+def test_engine_or_registry_down_is_a_platform_error(broken, tmp_path, setting, reason):
+    other = Rack(dataclasses.replace(broken.settings, **setting), enqueue_build=lambda build_id: None)
+    try:
+        folder = write_app(tmp_path, {"convox.yml": "services:\n  tools:\n    image: busybox\n"})
+        row = builds.create(other, "broken", url=upload(other, "broken", folder))
+        done = pipeline.run_build(other, row["id"], process="tests:1")
+    finally:
+        other.close()
+    assert done["status"] == "failed"
+    assert done["reason"].startswith(reason), done["reason"]
