@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -12,27 +11,8 @@ import click
 
 from cli.appname import app_option, resolve_app
 from cli.client import RackClient
+from cli.logs import follow_build
 from cli.source import Upload, package, size_of
-
-FINAL = ("complete", "failed")
-
-
-def _poll_build(client: RackClient, app: str, build_id: str, *, out: BinaryIO) -> dict:
-    """Wait for the build to end, polling every second, then copy its stored log to `out`."""
-    while True:
-        build = client.get(f"/apps/{app}/builds/{build_id}")
-        if build["status"] in FINAL:
-            break
-        time.sleep(1)
-    resp = client.get(f"/apps/{app}/builds/{build_id}/logs", expect_json=False, stream=True)
-    for chunk in resp.iter_content(64 * 1024):
-        out.write(chunk)
-    out.flush()
-    return build
-
-
-# The streaming follower lives in cli/logs.py once it lands; switching is this one line.
-follow_build = _poll_build
 
 
 @dataclass
