@@ -24,7 +24,7 @@ from rack.errors import Invalid, NotFound
 from rack.logs import BuildLog
 
 CHUNK = 64 * 1024
-BATCH = 1000
+BATCH = 256  # entries per read: up to 4 MiB, as an entry holds up to 16 KiB
 END_GRACE_S = 1.0
 WAITING = "waiting for a worker to start build {id}…\n"
 NO_LOG = "build {id} failed -- no build logs available\n"
