@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -15,48 +14,18 @@ import pytest
 import requests
 import websocket
 from conftest import basic
+from test_buildlogs import SimBuild
 
-from rack import apps, buildlogs, builds, objects
-from rack.logs import BuildLog
+from rack import apps
 from rack.sql import builds as sql
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
-class SimBuild:
-    """A build driven by the test the way a worker drives one: running, lines into its stream, final."""
-
-    def __init__(self, rack, app: str) -> None:
-        self.rack, self.app = rack, app
-        objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(b"source"))
-        self.id = builds.create(rack, app, url=f"object://{app}/tmp/src.tgz")["id"]
-        self.log = BuildLog(rack.redis, self.id)
-
-    def start(self) -> None:
-        with self.rack.db.transaction() as conn:
-            assert sql.mark_running(conn, id=self.id, process="test")
-
-    def write(self, text: str | bytes) -> None:
-        self.log.append(text)
-
-    def write_lines(self, first: int, last: int, pause: float = 0.0) -> None:
-        for i in range(first, last):
-            self.write(f"Step {i}: RUN echo héllo ✓ {'x' * (i % 50)}\n")
-            if pause:
-                time.sleep(pause)
-
-    def finish(self, status: str = "complete", *, reason: str = "", store: bool = True, end: bool = True):
-        fields = {}
-        if store:
-            data = io.BytesIO(self.log.text())
-            fields["logs"] = objects.put_bytes_stream(self.rack, self.app, f"build/{self.id}/logs", data)
-        with self.rack.db.transaction() as conn:
-            assert sql.finish(conn, id=self.id, status=status, reason=reason, fields=fields)
-        if end:
-            self.log.end(status, ttl=60)
-
-    def expected(self) -> bytes:
-        return self.log.text()
+@pytest.fixture
+def sim(rack):
+    apps.create(rack, name="logs")
+    return lambda: SimBuild(rack, "logs")
 
 
 class Follower(threading.Thread):
@@ -73,12 +42,8 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         path = f"/apps/{self.build.app}/builds/{self.build.id}/logs"
-        auth = basic(self.server.password)
         if self.ws:
-            headers = [f"Authorization: {auth['Authorization']}"]
-            if self.offset is not None:
-                headers.append(f"Offset: {self.offset}")
-            conn = websocket.create_connection(self.server.url.replace("http", "ws") + path, header=headers)
+            conn = ws_connect(self.server, path, *([] if self.offset is None else [f"Offset: {self.offset}"]))
             self.connected.set()
             try:
                 while True:
@@ -92,6 +57,7 @@ class Follower(threading.Thread):
             finally:
                 conn.close()
         params = {} if self.offset is None else {"offset": self.offset}
+        auth = basic(self.server.password)
         with requests.get(self.server.url + path, params=params, headers=auth, stream=True, timeout=30) as r:
             self.connected.set()
             self.status = r.headers.get("X-Build-Status")
@@ -107,6 +73,15 @@ class Follower(threading.Thread):
         return bytes(self.data)
 
 
+def ws_connect(server, path: str, *headers: str, auth: bool = True) -> websocket.WebSocket:
+    """Open a websocket to the API as Convox's client does: Basic auth and options in headers."""
+    if auth:
+        headers = (f"Authorization: {basic(server.password)['Authorization']}", *headers)
+    return websocket.create_connection(
+        server.url.replace("http", "ws") + path, header=list(headers), timeout=10
+    )
+
+
 def char_boundary(data: bytes, offset: int) -> int:
     """Move an offset back to a UTF-8 character's start: text frames cannot carry half a character."""
     while offset and data[offset] & 0xC0 == 0x80:
@@ -119,12 +94,6 @@ def wait_for(predicate, timeout: float = 10) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-@pytest.fixture
-def sim(rack):
-    apps.create(rack, name="logs")
-    return lambda: SimBuild(rack, "logs")
 
 
 @pytest.mark.parametrize("ws", [True, False], ids=["websocket", "chunked"])
@@ -166,41 +135,6 @@ def test_a_cut_follower_resumes_with_offset_without_loss_or_repeat(live_server, 
     assert Follower(live_server, build, ws=ws, offset=inside).result() == build.expected()[inside:]
 
 
-def test_read_log_gives_the_same_bytes_from_every_offset_and_store(rack, sim):
-    build = sim()
-    build.start()
-    build.write_lines(0, 30)
-    build.write("partial ✓")
-    expected = build.expected()
-
-    def read(offset: int) -> bytes:
-        chunks = buildlogs.read_log(rack, "logs", build.id, offset=offset, follow=False)
-        return b"".join(chunk for chunk in chunks if isinstance(chunk, bytes))
-
-    offsets = [*range(0, len(expected) + 3, 37), len(expected) - 1, len(expected)]
-    assert all(read(off) == expected[off:] for off in offsets)  # running: from the stream
-    build.finish(store=False)
-    assert all(read(off) == expected[off:] for off in offsets)  # final, object missing: from the stream
-    objects.put_bytes_stream(rack, "logs", f"build/{build.id}/logs", io.BytesIO(expected))
-    with rack.db.transaction() as conn:
-        sql.update(conn, id=build.id, fields={"logs": f"object://logs/build/{build.id}/logs"})
-    rack.redis.delete(build.log.key)  # the stream expired: the object alone serves it
-    assert all(read(off) == expected[off:] for off in offsets)
-
-
-def test_a_final_build_waits_briefly_for_the_reapers_last_line(rack, sim):
-    build = sim()
-    build.start()
-    build.write_lines(0, 3)
-    build.finish("failed", reason="worker-lost", store=False, end=False)  # the reaper's first step
-    late = threading.Timer(
-        0.3, lambda: (build.write("ERROR: worker-lost\n"), build.log.end("failed", ttl=60))
-    )
-    late.start()
-    chunks = list(buildlogs.read_log(rack, "logs", build.id))
-    assert b"".join(chunks) == build.expected() and build.expected().endswith(b"ERROR: worker-lost\n")
-
-
 def test_a_build_that_ends_without_an_end_entry_still_ends_the_follow(live_server, sim):
     build = sim()
     build.start()
@@ -237,11 +171,7 @@ def test_follow_false_returns_what_there_is_now(live_server, sim, client):
     assert resp.data == build.expected()
     resp = client.get(f"/apps/logs/builds/{build.id}/logs", headers={"Follow": "false", "Offset": "5"})
     assert resp.data == build.expected()[5:]
-    conn = websocket.create_connection(
-        live_server.url.replace("http", "ws") + f"/apps/logs/builds/{build.id}/logs",
-        header=[f"Authorization: {basic(live_server.password)['Authorization']}", "Follow: false"],
-        timeout=5,
-    )
+    conn = ws_connect(live_server, f"/apps/logs/builds/{build.id}/logs", "Follow: false")
     frames = []
     while not frames or frames[-1] != (websocket.ABNF.OPCODE_BINARY, b""):
         frames.append(conn.recv_data())
@@ -256,16 +186,26 @@ def test_unknown_builds_and_bad_offsets_are_refused_before_streaming(live_server
     assert client.get(f"/apps/nope/builds/{build.id}/logs").status_code == 404
     assert client.get(f"/apps/logs/builds/{build.id}/logs?offset=-3").status_code == 400
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
-        websocket.create_connection(
-            live_server.url.replace("http", "ws") + "/apps/logs/builds/BNOTTHEREXX/logs",
-            header=[f"Authorization: {basic(live_server.password)['Authorization']}"],
-        )
+        ws_connect(live_server, "/apps/logs/builds/BNOTTHEREXX/logs")
     assert err.value.status_code == 404
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
-        websocket.create_connection(
-            f"{live_server.url.replace('http', 'ws')}/apps/logs/builds/{build.id}/logs"
-        )
+        ws_connect(live_server, f"/apps/logs/builds/{build.id}/logs", auth=False)
     assert err.value.status_code == 401
+
+
+def test_a_follower_that_leaves_a_quiet_log_frees_its_server_thread(live_server, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 5)
+    serving = lambda: sum("process_request_thread" in t.name for t in threading.enumerate())  # noqa: E731
+    path = f"/apps/logs/builds/{build.id}/logs"
+    with requests.get(live_server.url + path, headers=basic(live_server.password), stream=True) as resp:
+        next(resp.iter_content(chunk_size=None))
+        conn = ws_connect(live_server, path)
+        conn.recv()
+        assert serving() == 2
+        conn.close()
+    wait_for(lambda: serving() == 0, timeout=3)  # no more lines come: only noticing the client ends them
 
 
 @pytest.fixture

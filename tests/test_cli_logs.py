@@ -10,13 +10,19 @@ import time
 import click
 import pytest
 from click.testing import CliRunner
-from test_api_logs import SimBuild
+from test_buildlogs import SimBuild
 
 from cli.client import RackClient
 from cli.logs import follow_build
 from cli.main import main
 from cli.settings import Endpoint
 from rack import apps
+
+
+@pytest.fixture
+def sim(rack):
+    apps.create(rack, name="logs")
+    return lambda: SimBuild(rack, "logs")
 
 
 class Relay:
@@ -89,12 +95,6 @@ class Sink(io.BytesIO):
             hook, self.hook = self.hook, None
             hook()
         return n
-
-
-@pytest.fixture
-def sim(rack):
-    apps.create(rack, name="logs")
-    return lambda: SimBuild(rack, "logs")
 
 
 def run(*args: str):

@@ -1,0 +1,90 @@
+"""Reading a build's log by byte offset (rack.buildlogs) on the real Redis, Postgres and object store."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from rack import apps, buildlogs, builds, objects
+from rack.logs import BuildLog
+from rack.sql import builds as sql
+
+
+class SimBuild:
+    """A build driven by the test the way a worker drives one: running, lines into its stream, final."""
+
+    def __init__(self, rack, app: str) -> None:
+        self.rack, self.app = rack, app
+        objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(b"source"))
+        self.id = builds.create(rack, app, url=f"object://{app}/tmp/src.tgz")["id"]
+        self.log = BuildLog(rack.redis, self.id)
+
+    def start(self) -> None:
+        with self.rack.db.transaction() as conn:
+            assert sql.mark_running(conn, id=self.id, process="test")
+
+    def write(self, text: str | bytes) -> None:
+        self.log.append(text)
+
+    def write_lines(self, first: int, last: int, pause: float = 0.0) -> None:
+        for i in range(first, last):
+            self.write(f"Step {i}: RUN echo héllo ✓ {'x' * (i % 50)}\n")
+            if pause:
+                time.sleep(pause)
+
+    def finish(self, status: str = "complete", *, reason: str = "", store: bool = True, end: bool = True):
+        fields = {}
+        if store:
+            data = io.BytesIO(self.log.text())
+            fields["logs"] = objects.put_bytes_stream(self.rack, self.app, f"build/{self.id}/logs", data)
+        with self.rack.db.transaction() as conn:
+            assert sql.finish(conn, id=self.id, status=status, reason=reason, fields=fields)
+        if end:
+            self.log.end(status, ttl=60)
+
+    def expected(self) -> bytes:
+        return self.log.text()
+
+
+@pytest.fixture
+def sim(rack):
+    apps.create(rack, name="logs")
+    return lambda: SimBuild(rack, "logs")
+
+
+def test_read_log_gives_the_same_bytes_from_every_offset_and_store(rack, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 30)
+    build.write("partial ✓")
+    expected = build.expected()
+
+    def read(offset: int) -> bytes:
+        chunks = buildlogs.read_log(rack, "logs", build.id, offset=offset, follow=False)
+        return b"".join(chunk for chunk in chunks if isinstance(chunk, bytes))
+
+    offsets = [*range(0, len(expected) + 3, 37), len(expected) - 1, len(expected)]
+    assert all(read(off) == expected[off:] for off in offsets)  # running: from the stream
+    build.finish(store=False)
+    assert all(read(off) == expected[off:] for off in offsets)  # final, object missing: from the stream
+    objects.put_bytes_stream(rack, "logs", f"build/{build.id}/logs", io.BytesIO(expected))
+    with rack.db.transaction() as conn:
+        sql.update(conn, id=build.id, fields={"logs": f"object://logs/build/{build.id}/logs"})
+    rack.redis.delete(build.log.key)  # the stream expired: the object alone serves it
+    assert all(read(off) == expected[off:] for off in offsets)
+
+
+def test_a_final_build_waits_briefly_for_the_reapers_last_line(rack, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 3)
+    build.finish("failed", reason="worker-lost", store=False, end=False)  # the reaper's first step
+    late = threading.Timer(
+        0.3, lambda: (build.write("ERROR: worker-lost\n"), build.log.end("failed", ttl=60))
+    )
+    late.start()
+    chunks = list(buildlogs.read_log(rack, "logs", build.id))
+    assert b"".join(chunks) == build.expected() and build.expected().endswith(b"ERROR: worker-lost\n")
