@@ -1,0 +1,160 @@
+"""Real rack processes for tests and benchmarks: Celery workers and a gunicorn API as subprocesses.
+
+Each process runs in its own session, so `kill()` reaches it and every child it forked (Celery's pool
+processes) at once, the way a host losing power or the OOM killer would take them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+BIN = CHECKOUT / ".venv" / "bin"
+# Short enough that a lost worker is noticed in seconds, long enough that a busy 2-core box keeps beating.
+FAST_HEARTBEAT = {"RACK_HEARTBEAT_INTERVAL": "1", "RACK_HEARTBEAT_TIMEOUT": "5"}
+
+
+def rack_env(base: Mapping[str, str], **settings: str | int) -> dict[str, str]:
+    """Return os.environ with the stack's RACK_* variables and `settings` (`heartbeat_timeout=5`) on top."""
+    env = {**os.environ, **base, "PYTHONUNBUFFERED": "1"}
+    env.update({f"RACK_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+class Proc:
+    """A rack process started by a test, with its output in `log`."""
+
+    def __init__(self, name: str, argv: list, env: Mapping[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with open(log, "ab", buffering=0) as out:
+            self.popen = subprocess.Popen(
+                [str(a) for a in argv],
+                env=dict(env),
+                cwd=CHECKOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    def group(self) -> list[int]:
+        """Return the pids of every live process of this one's group (itself and its forks)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if stat[0] != "Z" and int(stat[2]) == self.pid:  # state, ppid, pgrp
+                found.append(int(entry.name))
+        return found
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL, *, timeout: float = 15) -> None:
+        """Send `sig` to the whole process group and wait until every member has exited."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while self.alive() or self.group():
+            if time.monotonic() > deadline:
+                os.killpg(self.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), or by SIGKILL after a while."""
+        if self.alive() or self.group():
+            self.kill(signal.SIGTERM, timeout=20)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, *, timeout: float = 30, start: int = 0) -> None:
+        """Wait until `needle` shows in the log (after byte `start`); fail if the process dies first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log, "rb") as f:
+                f.seek(start)
+                if needle.encode() in f.read():
+                    return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {needle!r} after {timeout}s:\n{self.text()[-3000:]}")
+            time.sleep(0.05)
+
+
+def start_worker(env: Mapping[str, str], *, name: str, log_dir: Path, concurrency: int = 1) -> Proc:
+    """Start a Celery worker of the rack named `name@<host>` and wait until it is ready."""
+    argv = [
+        BIN / "celery", "-A", "rack_worker.worker", "worker", "--loglevel", "INFO",
+        "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
+        "--without-mingle", "--without-gossip",  # seconds of start-up spent looking for neighbours
+    ]  # fmt: skip
+    proc = Proc(name, argv, env, log_dir / f"{name}.log")
+    proc.wait_for_log(" ready.")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(env: Mapping[str, str], *, log_dir: Path, port: int | None = None) -> Proc:
+    """Start the API under gunicorn (gthread, as production) and wait until it answers; `.url` is set."""
+    port = port or free_port()
+    argv = [
+        BIN / "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+        "--threads", "16", "--workers", "2", "--timeout", "0", "rack_api.wsgi:app",
+    ]  # fmt: skip
+    proc = Proc("api", argv, env, log_dir / "api.log")
+    proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while not _answers(proc.url):  # type: ignore[attr-defined]
+        if not proc.alive() or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the API did not come up:\n{proc.text()[-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/check", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def tarball(files: Mapping[str, str | bytes]) -> bytes:
+    """Return a gzipped tarball of `files` (name to content), as `convox build` uploads a folder."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
