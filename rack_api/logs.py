@@ -38,17 +38,19 @@ def logs(app: str, build_id: str):
     client = _Client()
     stream = buildlogs.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
     notices = offset_given is None
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if request.url_rule is not None and request.url_rule.websocket:  # werkzeug saw `Upgrade: websocket`
         return _websocket(stream, client, notices)
     client.sock = _http_socket(request.environ)
     body = stream_with_context(_chunks(stream, notices))
-    return Response(body, mimetype="text/plain", headers={"X-Build-Status": stream.build["status"]})
+    headers = {"X-Build-Status": stream.build["status"], "Cache-Control": "no-store"}
+    headers["X-Accel-Buffering"] = "no"  # a proxy such as nginx passes each line on as it comes
+    return Response(body, mimetype="text/plain", headers=headers)
 
 
 def _offset(raw: str | None) -> int:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise Invalid(f"offset must be a byte count of 0 or more, got {raw!r}")
     return int(raw)
 

@@ -147,6 +147,17 @@ def test_a_build_that_ends_without_an_end_entry_still_ends_the_follow(live_serve
     assert follower.ended
 
 
+def test_an_error_mid_stream_is_an_error_frame_then_the_end(live_server, sim):
+    build = sim()
+    build.start()
+    build.write_lines(0, 3)
+    follower = Follower(live_server, build, ws=True)
+    wait_for(lambda: len(follower.data) == len(build.expected()))
+    apps.delete(build.rack, "logs")  # the build goes with it: the next look at its row fails
+    assert follower.result(timeout=6) == build.expected() + b"ERROR: app not found: logs\n"
+    assert follower.ended
+
+
 def test_a_waiting_build_says_so_unless_an_offset_is_given(live_server, sim, client):
     build = sim()
     bare = Follower(live_server, build, ws=True, offset=None)
