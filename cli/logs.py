@@ -43,7 +43,7 @@ def follow_build(
 
     def started(status: str) -> None:
         nonlocal said
-        if status == "created" and not received and not said:
+        if follow and status == "created" and not received and not said:
             click.echo(f"waiting for a worker to start build {build_id}…", err=True)
             said = True
 
