@@ -11,9 +11,8 @@ import click
 
 from rack_stack.app import CHECKOUT
 from rack_stack.procs import StartError
-from rack_stack.stack import APP_SERVICES, SERVICES, Stack
+from rack_stack.stack import APP_SERVICES, DEFAULT_PORTS, SERVICES, Stack
 
-DEFAULT_PORTS = {"postgres": 15432, "redis": 16379, "registry": 15000, "api": 15443}
 PORT_VARIABLES = {
     "postgres": "RACK_PG_PORT",
     "redis": "RACK_REDIS_PORT",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +28,14 @@ def bin_dir() -> Path:
     return max(found, key=lambda p: float(p.parent.name))
 
 
+def _user() -> str | None:
+    """Return the user to run Postgres as: it refuses root; anyone else runs it as themselves."""
+    return USER if os.geteuid() == 0 else None
+
+
 def _run_as_postgres(argv: list, *, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a command as the postgres user (Postgres refuses root), or as ourselves if we aren't root."""
-    user = USER if os.geteuid() == 0 else None
+    """Run a command as the user Postgres runs as."""
+    user = _user()
     return subprocess.run(
         argv,
         user=user,
@@ -41,6 +47,19 @@ def _run_as_postgres(argv: list, *, cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
     )
+
+
+def _let_others_traverse(path: Path) -> bool:
+    """Add o+x to `path` and its parents so the postgres user reaches its data; tell if any lacked it."""
+    if os.geteuid() != 0:
+        return False
+    changed = False
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            changed = True
+    return changed
 
 
 def _chown(path: Path) -> None:
@@ -75,55 +94,56 @@ class Postgres(Service):
     def address(self) -> str:
         return f"postgresql://{DATABASE}@127.0.0.1:{self.port}/{DATABASE}"
 
+    def launch(self) -> int:
+        """Create the cluster if needed, start the postmaster and create the rack role and database."""
+        attempts = 3
+        while True:
+            _let_others_traverse(self.home)
+            try:
+                return self._launch(bin_dir())
+            except procs.StartError:
+                # pytest makes its base temp folder 0700 again whenever a session begins, which locks
+                # the postgres user out of a stack home below it, even halfway through a start.
+                attempts -= 1
+                if not attempts or not _let_others_traverse(self.home):
+                    raise
+                procs.kill(procs.read_pid(self.pidfile), sig=self.stop_signal, name=self.proc_name)
+
     def ready(self) -> bool:
         """Tell whether the `rack` database accepts the `rack` role."""
-        return self._query("SELECT 1", user=DATABASE, dbname=DATABASE) is not None
+        import psycopg2
 
-    def launch(self) -> int:
-        """Create the cluster if needed, start it with pg_ctl and create the rack role and database."""
-        bindir = bin_dir()
-        if not (self.data / "PG_VERSION").exists():
-            self._initdb(bindir)
-        self._configure()
-        self.log.touch()
-        _chown(self.log)
-        self._pg_ctl_start(bindir)
-        self._create_database()
-        pid = procs.read_pid(self.pidfile)
-        if pid is None:
-            raise procs.StartError(f"postgres started but wrote no pid to {self.pidfile}")
-        return pid
-
-    def _pg_ctl_start(self, bindir: Path) -> None:
-        """Run `pg_ctl start -w`, retrying while a crashed postmaster's pid or shared memory lingers."""
-        argv = [bindir / "pg_ctl", "start", "-w", "-t", str(int(self.start_timeout)), "-D", self.data]
-        deadline = time.monotonic() + 10
-        while True:
-            offset = self.log.stat().st_size
-            result = _run_as_postgres([*argv, "-l", self.log], cwd=self.data)
-            if result.returncode == 0:
-                return
-            with self.log.open("rb") as f:
-                f.seek(offset)
-                new = f.read().decode(errors="replace")
-            if not any(line in new for line in LINGERING) or time.monotonic() > deadline:
-                output = result.stdout + result.stderr
-                raise procs.StartError(f"pg_ctl start failed: {output}\n{procs.log_tail(self.log)}")
-            time.sleep(0.2)
+        try:
+            self._connect(user=DATABASE, dbname=DATABASE).close()
+        except psycopg2.OperationalError:
+            return False
+        return True
 
     def cleanup(self) -> None:
         """Leave postmaster.pid alone: Postgres removes it itself and checks a stale one safely."""
 
+    def _launch(self, bindir: Path) -> int:
+        if not (self.data / "PG_VERSION").exists():
+            self._initdb(bindir)
+        self._configure()
+        pid = self._run_postmaster(bindir)
+        self._create_database()
+        return pid
+
     def _initdb(self, bindir: Path) -> None:
-        if self.data.exists():
-            shutil.rmtree(self.data)  # an initdb that was interrupted
-        self.data.mkdir(mode=0o700)
-        _chown(self.data)
-        argv = [bindir / "initdb", "-D", self.data, "--username", USER, "--auth", "trust"]
+        """Create the cluster in a side folder and move it in place, so a cluster is never half made."""
+        staging = self.home / "postgres.initdb"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        _chown(staging)
+        argv = [bindir / "initdb", "-D", staging, "--username", USER, "--auth", "trust"]
         argv += ["--encoding", "UTF8", "--no-locale", *(["--no-sync"] if self.stack.fast else [])]
-        result = _run_as_postgres(argv, cwd=self.data)
+        result = _run_as_postgres(argv, cwd=staging)
         if result.returncode != 0:
             raise procs.StartError(f"initdb failed:\n{result.stdout}{result.stderr}")
+        if self.data.exists():
+            shutil.rmtree(self.data)  # no PG_VERSION: not a cluster
+        staging.rename(self.data)
 
     def _configure(self) -> None:
         self.sockets.mkdir(parents=True, exist_ok=True)
@@ -135,9 +155,8 @@ class Postgres(Service):
             **(FAST_SETTINGS if self.stack.fast else {}),
         }
         conf = self.data / "rack.conf"
-        conf.write_text(
-            "# Written by rack_stack on every start.\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
-        )
+        lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        conf.write_text("# Written by rack_stack on every start.\n" + lines)
         _chown(conf)
         main = self.data / "postgresql.conf"
         include = "include_if_exists = 'rack.conf'\n"
@@ -145,26 +164,58 @@ class Postgres(Service):
             with main.open("a") as f:
                 f.write("\n" + include)
 
-    def _create_database(self) -> None:
-        if not self._query("SELECT 1 FROM pg_roles WHERE rolname = %s", DATABASE):
-            self._query(f"CREATE ROLE {DATABASE} LOGIN")
-        if not self._query("SELECT 1 FROM pg_database WHERE datname = %s", DATABASE):
-            self._query(f"CREATE DATABASE {DATABASE} OWNER {DATABASE}")
+    def _run_postmaster(self, bindir: Path) -> int:
+        """Start the postmaster, retrying while a crashed one's pid or shared memory lingers; return its pid.
 
-    def _query(self, sql: str, *args: str, user: str = USER, dbname: str = "postgres") -> tuple | None:
-        """Run one statement in autocommit; return its first row, or None if Postgres can't be reached."""
+        Not `pg_ctl -w`: it polls postmaster.pid as the postgres user, and waits blind for its whole
+        timeout if the path stops being traversable meanwhile. We wait as ourselves, on the exact pid.
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            pid = procs.spawn(
+                [bindir / "postgres", "-D", self.data], log=self.log, cwd=self.data, user=_user()
+            )
+            procs.wait_for(lambda p=pid: self._accepts() or not procs.alive(p), timeout=self.start_timeout)
+            if procs.alive(pid) and self._accepts():
+                return pid
+            procs.kill(pid, sig=self.stop_signal, timeout=5)
+            with self.log.open("rb") as f:
+                f.seek(offset)
+                new = f.read().decode(errors="replace")
+            if not any(line in new for line in LINGERING) or time.monotonic() > deadline:
+                raise procs.StartError(f"postgres did not start; see {self.log}:\n{procs.log_tail(self.log)}")
+            time.sleep(0.2)
+
+    def _accepts(self) -> bool:
         import psycopg2
 
         try:
-            conn = psycopg2.connect(
-                host="127.0.0.1", port=self.port, user=user, dbname=dbname, connect_timeout=2
-            )
+            self._connect().close()
         except psycopg2.OperationalError:
-            return None
+            return False
+        return True
+
+    def _create_database(self) -> None:
+        import psycopg2
+
+        try:
+            conn = self._connect()
+        except psycopg2.OperationalError as exc:
+            raise procs.StartError(f"postgres started but refuses connections: {exc}") from exc
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(sql, args or None)
-                return cur.fetchone() if cur.description else ()
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE ROLE {DATABASE} LOGIN")
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE DATABASE {DATABASE} OWNER {DATABASE}")
         finally:
             conn.close()
+
+    def _connect(self, *, user: str = USER, dbname: str = "postgres"):
+        import psycopg2
+
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user=user, dbname=dbname, connect_timeout=2)

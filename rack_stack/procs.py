@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,30 +79,46 @@ def read_pid(pidfile: Path) -> int | None:
 
 
 def alive(pid: int | None, name: str | None = None) -> bool:
-    """Tell whether `pid` runs (not a zombie) and, if `name` is given, has it in its command line."""
-    if not pid:
-        return False
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    if state in (b"Z", b"X"):
-        _reap(pid)
+    """Tell whether `pid` runs (isn't exiting or a zombie) and has `name`, if given, in its command line."""
+    state, cmdline = _proc_state(pid)
+    if state is None or state in "ZX" or not cmdline:
         return False
     return name is None or name.encode() in cmdline
 
 
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+def wait_exited(pid: int | None, *, timeout: float = 10.0) -> None:
+    """If `pid` is exiting or a zombie, wait until it has left the process table (reaping our own)."""
+    state, cmdline = _proc_state(pid)
+    if state is not None and (state in "ZX" or not cmdline):
+        wait_for(lambda: _proc_state(pid)[0] is None, timeout=timeout)
+
+
+def _proc_state(pid: int | None) -> tuple[str | None, bytes]:
+    """Return the state letter and command line of `pid`, None if it is gone (or our child and reaped).
+
+    A process with SIGKILL pending is reported as "X" (dying) although it may still look alive.
+    """
+    if not pid:
+        return None, b""
+    for _ in range(20):
+        child = _children.get(pid)
+        if child is not None and child.poll() is not None:
+            _children.pop(pid, None)
+            return None, b""
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return None, b""
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pending = int(fields.get("SigPnd", "0"), 16) | int(fields.get("ShdPnd", "0"), 16)
+        state = "X" if pending & (1 << (signal.SIGKILL - 1)) else fields.get("State", "X").strip()[:1]
+        # No command line: either exiting, or in the middle of exec (Popen returns before the kernel
+        # has set it). Both last a moment; look again.
+        if cmdline or state in "ZX":
+            return state, cmdline
+        time.sleep(0.01)
+    return state, cmdline
 
 
 def kill(
@@ -134,7 +151,7 @@ def wait_for(check: Callable[[], bool], *, timeout: float, interval: float = 0.0
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, 0.25)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -157,18 +174,27 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    """Return `count` distinct TCP ports that are free on loopback right now."""
-    socks = []
+def free_ports(count: int, *, avoid: Iterable[int] = ()) -> list[int]:
+    """Return `count` distinct loopback ports free now, outside the kernel's range for outgoing connections.
+
+    A port from that range (what binding port 0 gives) can be taken by any client's connection
+    between the moment it is chosen and the moment the server binds it.
+    """
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    skip = set(avoid)
+    for _ in range(10_000):
+        if len(chosen) == count:
+            return chosen
+        port = rng.randrange(10_000, 65_536)
+        if not low <= port <= high and port not in skip and port_free(port):
+            chosen.append(port)
+            skip.add(port)
+    raise StartError(f"found only {len(chosen)} free ports out of {count}")
 
 
 def log_tail(log: Path, lines: int = 20) -> str:

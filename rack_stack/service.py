@@ -43,6 +43,15 @@ class Service:
         """Return where clients reach it, for `status`."""
         return ""
 
+    def port_taken(self) -> str | None:
+        """Say so if the service is down and another process holds its port."""
+        if self.port is None or self.pid() is not None:
+            return None
+        procs.wait_exited(procs.read_pid(self.pidfile))  # a crashed process may still hold it
+        if procs.port_free(self.port):
+            return None
+        return f"{self.name}: port {self.port} on 127.0.0.1 is taken by another process"
+
     def pid(self) -> int | None:
         """Return the recorded pid if that process is alive, else None."""
         pid = procs.read_pid(self.pidfile)
@@ -70,7 +79,7 @@ class Service:
                 f"{self.name} runs (pid {self.pid()}) but does not answer; see {self.log}:\n"
                 + procs.log_tail(self.log)
             )
-        self.cleanup()  # after a crash
+        self._forget_crashed()
         pid = self.launch()
         if not self.wait_ready(pid):
             procs.kill(pid, sig=self.stop_signal, timeout=5)
@@ -78,6 +87,13 @@ class Service:
                 f"{self.name} did not come up; see {self.log}:\n" + procs.log_tail(self.log)
             )
         return True
+
+    def _forget_crashed(self) -> None:
+        """Let a crashed process finish exiting, then clean up after it."""
+        procs.wait_exited(
+            procs.read_pid(self.pidfile)
+        )  # Postgres takes an unreaped postmaster for a live one
+        self.cleanup()
 
     def stop(self) -> bool:
         """Stop the service's process and wait for it to exit; tell whether it was running."""

@@ -8,7 +8,6 @@ import os
 import secrets
 import shlex
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,8 @@ from rack_stack.service import Service
 SERVICES = ("postgres", "redis", "dockerd", "registry")
 APP_SERVICES = ("api", "worker")
 PORT_KEYS = ("postgres", "redis", "registry", "api")
+# The local rack's ports (deploy/local/up); stacks on free ports keep clear of them.
+DEFAULT_PORTS = {"postgres": 15432, "redis": 16379, "registry": 15000, "api": 15443}
 _CLASSES: dict[str, type[Service]] = {
     cls.name: cls for cls in (Postgres, Redis, Dockerd, Registry, Api, Worker)
 }
@@ -83,17 +84,11 @@ class Stack:
     def start(self, services: Iterable[str] = SERVICES) -> dict[str, bool]:
         """Start the named services that are not up yet; tell for each whether it was started."""
         names = self._names(services)
-        taken = [
-            f"{name}: port {svc.port} on 127.0.0.1 is taken by another process"
-            for name, svc in ((n, self.services[n]) for n in names)
-            if svc.port is not None and svc.pid() is None and not procs.port_free(svc.port)
-        ]
+        taken = [reason for reason in (self.services[n].port_taken() for n in names) if reason]
         if taken:  # before starting anything, rather than leave half a stack running
             raise procs.StartError("\n".join(taken))
         (self.home / "objects").mkdir(exist_ok=True)
         self.run_dir.mkdir(mode=0o755, exist_ok=True)
-        if "postgres" in names and os.geteuid() == 0:
-            _let_others_traverse(self.home)
         started: dict[str, bool] = {}
         infra = [n for n in names if n in SERVICES]
         with ThreadPoolExecutor(max_workers=len(infra) or 1) as pool:
@@ -163,8 +158,8 @@ class Stack:
         saved = json.loads(path.read_text()) if path.exists() else {}
         ports = {key: int(wanted.get(key) or saved.get(key) or defaults.get(key) or 0) for key in PORT_KEYS}
         missing = [key for key, port in ports.items() if not port]
-        fresh = [p for p in procs.free_ports(len(missing) + len(PORT_KEYS)) if p not in ports.values()]
-        ports.update(zip(missing, fresh, strict=False))
+        fresh = procs.free_ports(len(missing), avoid=[*ports.values(), *DEFAULT_PORTS.values()])
+        ports.update(zip(missing, fresh, strict=True))
         if ports != saved:
             running = [name for name, service in self.services.items() if service.pid() is not None]
             if saved and running:
@@ -189,11 +184,3 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _let_others_traverse(path: Path) -> None:
-    """Add o+x to `path` and its parents, so the postgres user can reach its data dir."""
-    for folder in (path, *path.parents):
-        mode = folder.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
