@@ -77,10 +77,12 @@ def read_log(
     block_ms: int = 500,
     stop: Stop | None = None,
 ) -> LogStream:
-    """Look up the build (NotFound now, not mid-read) and return its log from byte `offset`."""
+    """Look up the build (NotFound or Unavailable now, not mid-read) and return its log from byte `offset`."""
     if offset < 0:
         raise Invalid(f"offset must be a byte count of 0 or more, got {offset}")
     row = builds.get(rack, app, build_id)
+    if row["status"] not in builds.FINAL:
+        BuildLog(rack.redis, build_id).exists()  # Redis is down: Unavailable now, not halfway through
     if row["status"] not in builds.FINAL:
         BuildLog(rack.redis, build_id).exists()  # Redis away: Unavailable (503) now, not a 200 cut short
     chunks = _read(

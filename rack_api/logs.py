@@ -2,10 +2,12 @@
 
 Options come from the query string or, as Convox's client sends them on a websocket, from headers:
 `offset` (bytes of the log to skip, default 0) and `follow` (default true; `false` stops at what exists).
-Notices such as "waiting for a worker" are sent only when the request names no offset: a client that
-counts bytes to resume passes `offset` (even 0) and receives log bytes only. Websocket frames are text:
-the log is decoded as UTF-8 (a character split across reads is kept whole; invalid bytes become U+FFFD), so
-resume a websocket at a character boundary, as counting the bytes of whole frames received always gives.
+The chunked body is the log's bytes and nothing else (`X-Build-Status` tells the status when it began).
+A websocket also carries notices such as "waiting for a worker", as Convox's does, unless the request names
+an offset: a client that counts bytes to resume passes `offset` (even 0) and receives log bytes only.
+Websocket frames are text: the log is decoded as UTF-8 (a character split across reads is kept whole;
+invalid bytes become U+FFFD), so resume a websocket at a character boundary, as counting the bytes of
+whole frames received always gives.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def logs(app: str, build_id: str):
     if request.url_rule is not None and request.url_rule.websocket:  # werkzeug saw `Upgrade: websocket`
         return _websocket(stream, client, notices)
     client.sock = _http_socket(request.environ)
-    body = stream_with_context(_chunks(stream, notices))
+    body = stream_with_context(_chunks(stream))
     headers = {"X-Build-Status": stream.build["status"], "Cache-Control": "no-store"}
     headers["X-Accel-Buffering"] = "no"  # a proxy such as nginx passes each line on as it comes
     return Response(body, mimetype="text/plain", headers=headers)
@@ -87,15 +89,12 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
-def _chunks(stream: buildlogs.LogStream, notices: bool):
+def _chunks(stream: buildlogs.LogStream):
     yield b""  # sends the headers now: a build waiting for a worker may not log anything for a while
     try:
         for chunk in stream:
-            if isinstance(chunk, buildlogs.Notice):
-                if notices:
-                    yield chunk.encode()
-                continue
-            yield chunk
+            if not isinstance(chunk, buildlogs.Notice):
+                yield chunk
     except RackError as exc:
         # Cut the response short (no last chunk): the client sees a broken stream, never a complete log.
         log.warning("log of build %s cut short: %s", stream.build["id"], exc.message)
