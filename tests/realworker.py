@@ -19,7 +19,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[1]
 BIN = CHECKOUT / ".venv" / "bin"
 # Short enough that a lost worker is noticed in seconds, long enough that a busy 2-core box keeps beating.
-FAST_HEARTBEAT = {"RACK_HEARTBEAT_INTERVAL": "1", "RACK_HEARTBEAT_TIMEOUT": "5"}
+FAST_HEARTBEAT = {"heartbeat_interval": 1, "heartbeat_timeout": 5}
 
 
 def rack_env(base: Mapping[str, str], **settings: str | int) -> dict[str, str]:
@@ -27,6 +27,45 @@ def rack_env(base: Mapping[str, str], **settings: str | int) -> dict[str, str]:
     env = {**os.environ, **base, "PYTHONUNBUFFERED": "1"}
     env.update({f"RACK_{name.upper()}": str(value) for name, value in settings.items()})
     return env
+
+
+def worker_env_for(stack_env: Mapping[str, str], *, storage: str, **settings: str | int) -> dict[str, str]:
+    """Return the environment of workers under test: a broker of their own (Redis db 1), emptied.
+
+    The `rack` fixture flushes db 0 before each test, which would also drop Celery's queue bindings
+    under running workers; db 1 keeps the queue apart, and emptying it drops tasks of earlier tests.
+    """
+    import redis
+
+    broker = stack_env["RACK_REDIS_URL"].rsplit("/", 1)[0] + "/1"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    client.close()
+    return rack_env(stack_env, storage=storage, broker_url=broker, **settings)
+
+
+class Workers:
+    """Start named workers (in parallel, as they take seconds each) and stop them all at the end."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.started: list[Proc] = []
+
+    def start(self, *names: str) -> list[Proc]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = [pool.submit(start_worker, self.env, name=n, log_dir=self.log_dir) for n in names]
+        # Keep every worker that came up, so __exit__ stops it even if another one failed.
+        self.started += [f.result() for f in futures if f.exception() is None]
+        return [f.result() for f in futures]
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for proc in self.started:
+            proc.stop()
 
 
 class Proc:

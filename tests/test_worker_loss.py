@@ -11,10 +11,9 @@ import threading
 import time
 
 import pytest
-import redis
 import requests
 from conftest import basic
-from realworker import FAST_HEARTBEAT, rack_env, start_worker, tarball
+from realworker import FAST_HEARTBEAT, Workers, tarball, worker_env_for
 
 from rack import buildlogs, builds, objects, pipeline
 from rack.config import load_settings
@@ -24,49 +23,21 @@ from rack_api.queue import enqueue_build_for
 
 pytestmark = pytest.mark.docker
 
-HEARTBEAT_TIMEOUT = int(FAST_HEARTBEAT["RACK_HEARTBEAT_TIMEOUT"])
+HEARTBEAT_TIMEOUT = FAST_HEARTBEAT["heartbeat_timeout"]
 
 
 @pytest.fixture
-def worker_env(docker_stack, settings, rack):
-    """The workers' environment: the test's object store, a fast heartbeat, a broker of their own."""
-    broker = docker_stack.env["RACK_REDIS_URL"].rsplit("/", 1)[0] + "/1"  # `rack` flushes db 0, not this
-    env = rack_env(docker_stack.env, storage=settings.storage, broker_url=broker, **_lower(FAST_HEARTBEAT))
-    redis.Redis.from_url(broker).flushdb()  # no task left over from an earlier test
+def worker_env(docker_stack, settings, rack, monkeypatch):
+    """Workers on the test's object store with a fast heartbeat; the API enqueues on their broker."""
+    env = worker_env_for(docker_stack.env, storage=settings.storage, **FAST_HEARTBEAT)
+    monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(load_settings(env)))
     return env
 
 
-def _lower(env: dict[str, str]) -> dict[str, str]:
-    return {key.removeprefix("RACK_").lower(): value for key, value in env.items()}
-
-
 @pytest.fixture
-def queue(worker_env, rack, monkeypatch):
-    """Make the API enqueue on the workers' broker; return that rack settings' view for direct calls."""
-    fast = load_settings(worker_env)
-    monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(fast))
-    return fast
-
-
-@pytest.fixture
-def workers(worker_env, tmp_path, queue):
-    started = []
-
-    def start(*names: str) -> list:
-        threads = [threading.Thread(target=lambda n=n: started.append(_start(n))) for n in names]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(started) >= len(names), "a worker did not start"
-        return sorted(started, key=lambda w: w.name)
-
-    def _start(name: str):
-        return start_worker(worker_env, name=name, log_dir=tmp_path)
-
-    yield start
-    for proc in started:
-        proc.stop()
+def workers(worker_env, tmp_path):
+    with Workers(worker_env, tmp_path) as started:
+        yield started
 
 
 def submit(client, app: str, files: dict[str, str]) -> str:
@@ -122,7 +93,7 @@ class DomainFollower(threading.Thread):
 
 
 def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
-    rack, client, live_server, workers, queue, docker_stack
+    rack, client, live_server, workers, worker_env, docker_stack
 ):
     token = secrets.token_hex(4)
     build_id = submit(
@@ -133,7 +104,7 @@ def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
             "Dockerfile": f"FROM busybox\nRUN echo before {token} && sleep 30\n",
         },
     )
-    pair = workers("wa", "wb")
+    pair = workers.start("wa", "wb")
     followers = [HttpFollower(live_server, "lost", build_id), DomainFollower(rack, "lost", build_id)]
     stream = BuildLog(rack.redis, build_id)
     wait_for(lambda: f"before {token}\n".encode() in stream.text(), timeout=30, what="the RUN step's output")
@@ -178,7 +149,7 @@ def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
     ended_after = max(f.ended_at for f in followers) - killed_at
 
     # A redelivered task (here: run again, in this process and through the surviving worker) does nothing.
-    fast = Rack(queue)
+    fast = Rack(load_settings(worker_env))
     try:
         assert pipeline.run_build(fast, build_id, process="redelivered:1") is None
         survivor_log = survivor.log.stat().st_size
