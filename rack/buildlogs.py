@@ -82,8 +82,6 @@ def read_log(
         raise Invalid(f"offset must be a byte count of 0 or more, got {offset}")
     row = builds.get(rack, app, build_id)
     if row["status"] not in builds.FINAL:
-        BuildLog(rack.redis, build_id).exists()  # Redis is down: Unavailable now, not halfway through
-    if row["status"] not in builds.FINAL:
         BuildLog(rack.redis, build_id).exists()  # Redis away: Unavailable (503) now, not a 200 cut short
     chunks = _read(
         rack, row, _Cursor(offset), follow=follow, poll_s=poll_ms / 1000, block_ms=block_ms, stop=stop
