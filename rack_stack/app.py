@@ -14,7 +14,7 @@ from rack_stack.service import Service
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 WSGI_APP = "rack_api.wsgi:app"
-CELERY_APP = "rack_worker.worker"  # the module that holds the Celery app (rack_worker.celery_app makes it)
+CELERY_APP = "rack_worker.worker"  # holds the app; rack_worker.celery_app only has make_celery()
 
 
 def venv_bin() -> Path:
@@ -86,7 +86,7 @@ class Worker(_AppService):
 
     name = "worker"
     proc_name = "celery"
-    stop_timeout = 30.0  # warm shutdown lets a running build finish its step; acks_late redelivers it
+    stop_timeout = 30.0  # TERM: warm shutdown waits for the running build; once KILLed, acks_late requeues it
 
     @property
     def address(self) -> str:

@@ -154,15 +154,6 @@ def wait_for(check: Callable[[], bool], *, timeout: float, interval: float = 0.0
         interval = min(interval * 1.5, 0.25)
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """Tell whether something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Tell whether a server could listen on host:port now."""
     with socket.socket() as s:

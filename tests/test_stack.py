@@ -68,7 +68,9 @@ def test_start_restart_build_stop(tmp_path):
         assert stack.start() == {"postgres": True, "redis": True, "dockerd": True, "registry": False}
         _assert_all_answer(stack)
         assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xlen("stack-test") == 2
-        assert stack.docker().containers.run("busybox", ["echo", "again"], remove=True) == b"again\n"
+        client = stack.docker()
+        assert client.containers.run("busybox", ["echo", "again"], remove=True) == b"again\n"
+        client.close()
         print(f"cold start {cold:.2f}s")
     finally:
         stopped = stack.stop()
@@ -76,8 +78,10 @@ def test_start_restart_build_stop(tmp_path):
     assert stopped == {"worker": False, "api": False, **dict.fromkeys(SERVICES, True)}
     assert not [name for name, service in stack.services.items() if service.pid()]
     assert not [name for name, pid in pids.items() if procs.alive(pid)]
-    assert procs.pids_with(str(tmp_path)) == []
-    assert str(tmp_path) not in open("/proc/self/mountinfo").read()
+    assert procs.pids_with(str(tmp_path)) == procs.pids_with(str(stack.run_dir)) == []
+    with open("/proc/self/mountinfo") as mounts:
+        assert not [line for line in mounts if str(tmp_path) in line or str(stack.run_dir) in line]
+    assert stack.run_dir == stack.home or not stack.run_dir.exists()
     assert stack.stop() == {"worker": False, "api": False, **dict.fromkeys(SERVICES, False)}
 
 
@@ -87,7 +91,9 @@ def _assert_all_answer(stack: Stack) -> None:
         assert cur.fetchone() == ("rack", "rack")
     conn.close()
     assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xadd("stack-test", {"line": "hi"})
-    assert stack.docker().ping()
+    client = stack.docker()
+    assert client.ping()
+    client.close()
     with urllib.request.urlopen(f"http://{stack.env['RACK_REGISTRY']}/v2/") as response:
         assert response.status == 200
 
@@ -99,6 +105,7 @@ def _assert_builds_from_busybox(stack: Stack) -> None:
     assert not [e for e in events if "error" in e], events
     output = client.containers.run("stack-test:1", ["sh", "-c", "cat /greeting; echo ok"], remove=True)
     assert output == b"hi\nok\n"
+    client.close()
     tags = f"http://{stack.env['RACK_REGISTRY']}/v2/busybox/tags/list"
     with urllib.request.urlopen(tags) as response:
         assert json.load(response)["tags"] == ["latest"]
