@@ -36,14 +36,9 @@ def builds(ctx: click.Context, app: str | None, limit: int) -> None:
     )
 
 
-def format_images(images: dict | list | None) -> str:
+def format_images(images: dict) -> str:
     """Show image digests as `service=digest`, one service after another."""
-    if isinstance(images, dict):
-        return " ".join(f"{name}={digest}" for name, digest in sorted(images.items()))
-    return " ".join(
-        f"{i.get('service', '')}={i.get('digest', '')}" if isinstance(i, dict) else str(i)
-        for i in images or []
-    )
+    return " ".join(f"{name}={image.get('digest', '')}" for name, image in sorted(images.items()))
 
 
 @builds.command(name="info")
@@ -67,3 +62,15 @@ def build_info(ctx: click.Context, build_id: str, app: str | None) -> None:
     if b.get("images"):
         rows.append(("Images", format_images(b["images"])))
     info(rows)
+
+
+@builds.command(name="cancel")
+@click.argument("build_id", metavar="ID")
+@app_option
+@click.pass_context
+def build_cancel(ctx: click.Context, build_id: str, app: str | None) -> None:
+    """Cancel a build: a queued one never runs, a running one is stopped."""
+    app = resolve_app(app or ctx.obj.get("app"))
+    click.echo(f"Cancelling {build_id}... ", nl=False)
+    b = RackClient().post(f"/apps/{app}/builds/{build_id}/cancel")
+    click.echo("OK" if b["reason"].startswith("cancelled") else f"already {b['status']}")

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import click
 
+from cli import logs  # noqa: F401  (adds `builds logs` to the builds group)
 from cli.apps import apps
+from cli.build import build, deploy
+from cli.builds import builds
 from cli.client import RackClient
+from cli.env import env
 from cli.output import info
+from cli.releases import releases
 from cli.settings import Endpoint, normalize_host, save_login
 
 
@@ -38,15 +43,5 @@ def rack() -> None:
     )
 
 
-main.add_command(apps)
-
-from cli.build import build, deploy  # noqa: E402
-from cli.builds import builds  # noqa: E402
-from cli.env import env  # noqa: E402
-from cli.releases import releases  # noqa: E402
-
-main.add_command(build)
-main.add_command(deploy)
-main.add_command(builds)
-main.add_command(releases)
-main.add_command(env)
+for command in (apps, build, deploy, builds, releases, env):
+    main.add_command(command)

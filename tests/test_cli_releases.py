@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from click.testing import CliRunner
 
@@ -160,7 +162,8 @@ def test_promote_with_no_releases_says_what_to_do(myapp):
 
 
 def test_builds_table_and_info(myapp, rack):
-    done = make_build(rack, myapp, images={"web": "sha256:" + "a" * 64})
+    image = {"image": "127.0.0.1:5000/myapp:web.B", "digest": "sha256:" + "a" * 64}
+    done = make_build(rack, myapp, images={"web": image})
     failed = make_build(rack, myapp, status="failed", reason="user:build: RUN false returned 1")
     lines = ok("builds").splitlines()
     assert lines[0].split() == ["ID", "STATUS", "RELEASE", "STARTED", "ELAPSED", "DESCRIPTION"]
@@ -182,6 +185,20 @@ def test_builds_table_and_info(myapp, rack):
     failed_info = ok("builds", "info", failed["id"]).splitlines()
     assert failed_info[-1] == "Reason       user:build: RUN false returned 1"
     missing = run("builds", "info", "BNOPENOPENO")
+    assert missing.exit_code == 1 and "build not found" in missing.output
+
+
+def test_builds_cancel(myapp, rack):
+    from rack import builds
+    from rack import objects as objs
+
+    url = objs.put(rack, myapp, "tmp/s.tgz", io.BytesIO(b"x"))
+    queued = builds.create(rack, myapp, url=url)
+    assert ok("builds", "cancel", queued["id"]) == f"Cancelling {queued['id']}... OK\n"
+    assert builds.get(rack, myapp, queued["id"])["reason"].startswith("cancelled")
+    done = make_build(rack, myapp)
+    assert ok("builds", "cancel", done["id"]) == f"Cancelling {done['id']}... already complete\n"
+    missing = run("builds", "cancel", "BNOPENOPENO")
     assert missing.exit_code == 1 and "build not found" in missing.output
 
 
