@@ -19,11 +19,23 @@ def apps(ctx: click.Context) -> None:
 
 @apps.command()
 @click.argument("name")
-def create(name: str) -> None:
+@click.option("--timeout", type=int, help="the app's build timeout in seconds (default: the rack's)")
+def create(name: str, timeout: int | None) -> None:
     """Create an app."""
     client = RackClient()
     click.echo(f"Creating {name}... ", nl=False)
-    client.post("/apps", data={"name": name})
+    client.post("/apps", data={"name": name, **({"timeout": str(timeout)} if timeout else {})})
+    click.echo("OK")
+
+
+@apps.command()
+@click.argument("name")
+@click.option("--timeout", required=True, help="build timeout in seconds; empty for the rack's default")
+def update(name: str, timeout: str) -> None:
+    """Change an app's build timeout."""
+    client = RackClient()
+    click.echo(f"Updating {name}... ", nl=False)
+    client.put(f"/apps/{name}", data={"timeout": timeout})
     click.echo("OK")
 
 
@@ -42,11 +54,12 @@ def delete(name: str) -> None:
 def app_info(name: str) -> None:
     """Show an app."""
     a = RackClient().get(f"/apps/{name}")
-    info(
-        [
-            ("Name", a["name"]),
-            ("Status", a["status"]),
-            ("Generation", a["generation"]),
-            ("Release", a["release"]),
-        ]
-    )
+    rows = [
+        ("Name", a["name"]),
+        ("Status", a["status"]),
+        ("Generation", a["generation"]),
+        ("Release", a["release"]),
+    ]
+    if a["parameters"].get("BuildTimeout"):
+        rows.append(("BuildTimeout", a["parameters"]["BuildTimeout"]))
+    info(rows)

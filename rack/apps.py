@@ -30,16 +30,30 @@ def serialize(row: dict) -> dict:
         "release": row["release"],
         "router": "",
         "status": "running",
-        "parameters": {},
+        "parameters": {"BuildTimeout": str(row["build_timeout"])} if row["build_timeout"] else {},
     }
 
 
-def create(rack: Rack, *, name: str, generation: str = "2") -> dict:
+def parse_timeout(raw: str | None) -> int | None:
+    """Read a build timeout in seconds (1 to 86400); empty means the rack's default."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"timeout must be a whole number of seconds, got {raw!r}") from None
+    if not 1 <= value <= 86400:
+        raise Invalid(f"timeout must be between 1 and 86400 seconds, got {value}")
+    return value
+
+
+def create(rack: Rack, *, name: str, generation: str = "2", timeout: str | None = None) -> dict:
     check_name(name)
+    build_timeout = parse_timeout(timeout)
     if generation not in ("2", ""):
         raise Invalid(f"generation {generation!r} is not supported: this rack runs generation 2 apps")
     with rack.db.transaction() as conn:
-        row = sql.insert(conn, name=name)
+        row = sql.insert(conn, name=name, build_timeout=build_timeout)
     if row is None:
         raise Conflict(f"app already exists: {name}")
     return row
@@ -57,6 +71,15 @@ def get(rack: Rack, name: str, conn=None) -> dict:
     if row is None:
         raise NotFound(f"app not found: {name}")
     return row
+
+
+def update(rack: Rack, name: str, *, timeout: str | None = None) -> dict:
+    """Change an app's settings: its build timeout (empty string: back to the rack's default)."""
+    get(rack, name)
+    with rack.db.transaction() as conn:
+        if timeout is not None:
+            sql.set_build_timeout(conn, name=name, build_timeout=parse_timeout(timeout))
+        return get(rack, name, conn)
 
 
 def list_all(rack: Rack) -> list[dict]:

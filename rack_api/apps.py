@@ -12,7 +12,12 @@ bp = Blueprint("apps", __name__)
 
 @bp.post("/apps")
 def create():
-    row = apps.create(rack(), name=param("name", "", header=True), generation=param("generation", "2"))
+    row = apps.create(
+        rack(),
+        name=param("name", "", header=True),
+        generation=param("generation", "2"),
+        timeout=param("timeout"),
+    )
     return as_json(apps.serialize(row))
 
 
@@ -24,6 +29,11 @@ def index():
 @bp.get("/apps/<app>")
 def show(app: str):
     return as_json(apps.serialize(apps.get(rack(), app)))
+
+
+@bp.put("/apps/<app>")
+def update(app: str):
+    return as_json(apps.serialize(apps.update(rack(), app, timeout=param("timeout"))))
 
 
 @bp.delete("/apps/<app>")

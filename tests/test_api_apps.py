@@ -45,3 +45,18 @@ def test_delete_removes_objects_and_builds(client, rack):
     client.delete("/apps/gone")
     client.post("/apps", data={"name": "gone"})
     assert client.head("/apps/gone/objects/tmp/a.tgz").status_code == 404
+
+
+def test_build_timeout_per_app(client):
+    resp = client.post("/apps", data={"name": "slow", "timeout": "900"})
+    assert resp.get_json()["parameters"] == {"BuildTimeout": "900"}
+    assert client.put("/apps/slow", data={"timeout": "120"}).get_json()["parameters"] == {
+        "BuildTimeout": "120"
+    }
+    assert client.put("/apps/slow", data={"timeout": ""}).get_json()["parameters"] == {}
+    for bad in ("0", "abc", "100000"):
+        resp = client.put("/apps/slow", data={"timeout": bad})
+        assert resp.status_code == 400
+        assert "timeout must be" in resp.get_json()["error"]
+    assert client.post("/apps", data={"name": "bad", "timeout": "-5"}).status_code == 400
+    assert client.get("/apps/bad").status_code == 404

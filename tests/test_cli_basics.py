@@ -64,3 +64,12 @@ def test_cli_runs_as_a_subprocess(cli_env):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Creating subproc... OK\n"
+
+
+def test_app_build_timeout(cli_env):
+    assert run("apps", "create", "slow", "--timeout", "600").exit_code == 0
+    assert "BuildTimeout  600" in run("apps", "info", "slow").output
+    assert run("apps", "update", "slow", "--timeout", "60").output == "Updating slow... OK\n"
+    assert "BuildTimeout  60\n" in run("apps", "info", "slow").output
+    bad = CliRunner().invoke(main, ["apps", "update", "slow", "--timeout", "zero"])
+    assert bad.exit_code == 1 and "timeout must be a whole number" in bad.output

@@ -5,12 +5,17 @@ from __future__ import annotations
 from rack.db import execute, fetchall, fetchone
 
 
-def insert(conn, *, name: str, generation: str = "2") -> dict | None:
+def insert(conn, *, name: str, generation: str = "2", build_timeout: int | None = None) -> dict | None:
     return fetchone(
         conn,
-        "INSERT INTO apps (name, generation) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING *",
-        (name, generation),
+        "INSERT INTO apps (name, generation, build_timeout) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO NOTHING RETURNING *",
+        (name, generation, build_timeout),
     )
+
+
+def set_build_timeout(conn, *, name: str, build_timeout: int | None) -> int:
+    return execute(conn, "UPDATE apps SET build_timeout = %s WHERE name = %s", (build_timeout, name))
 
 
 def get(conn, *, name: str, lock: bool = False) -> dict | None:
