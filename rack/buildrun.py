@@ -171,7 +171,12 @@ class BuildRun:
                 )
         else:
             self.out.line(f"Cloning: {without_credentials(url)}")
-            self.git_sha = clone_git(url, self.src, timeout=max(1, int(self.watch.remaining())))
+            self.git_sha = clone_git(
+                url,
+                self.src,
+                timeout=max(1, int(self.watch.remaining())),
+                allow_local=settings.git_allow_local,
+            )
 
     def read_manifest(self) -> tuple[str, str]:
         """Read the manifest, save its text on the build, and return it with its name."""
@@ -186,6 +191,8 @@ class BuildRun:
             text = path.read_text("utf-8")
         except UnicodeDecodeError as exc:
             raise BuildUserError("user:manifest", f"{name} is not UTF-8 text: {exc}") from exc
+        if "\x00" in text:  # not YAML, and Postgres text cannot hold it
+            raise BuildUserError("user:manifest", f"{name} is not text: it has a NUL byte")
         fields = {"manifest": text}
         if self.git_sha and not self.row["git_sha"]:
             fields["git_sha"] = self.git_sha

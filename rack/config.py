@@ -41,6 +41,7 @@ class Settings:
     build_memory: int = 0
     build_cpus: float = 0.0
     log_stream_ttl: int = 3600
+    git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
 
     @property
     def celery_broker(self) -> str:
@@ -48,6 +49,12 @@ class Settings:
 
 
 def _coerce(name: str, kind: type, raw: str):
+    if kind is bool:
+        if raw.strip().lower() in ("true", "1", "yes"):
+            return True
+        if raw.strip().lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"RACK_{name.upper()} must be true or false, got {raw!r}")
     if kind is int:
         try:
             return int(raw)
