@@ -19,6 +19,8 @@ def param(name: str, default: str | None = None, *, header: bool = False) -> str
         value = request.args.get(name)
     if value is None and header:
         value = request.headers.get(name)
+    if value is not None and "\x00" in value:  # Postgres text cannot hold it: a 400, not a 500 later
+        raise Invalid(f"parameter {name!r} must not contain a NUL byte")
     return default if value is None else value
 
 
