@@ -13,6 +13,7 @@ from cli.env import env
 from cli.output import info
 from cli.releases import releases
 from cli.settings import Endpoint, normalize_host, save_login
+from cli.webhooks import webhooks  # also adds `apps webhook`
 
 
 @click.group()
@@ -43,5 +44,5 @@ def rack() -> None:
     )
 
 
-for command in (apps, build, deploy, builds, releases, env):
+for command in (apps, build, deploy, builds, releases, env, webhooks):
     main.add_command(command)

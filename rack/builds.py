@@ -83,6 +83,7 @@ def create(
     no_cache: bool = False,
     development: bool = False,
     git_sha: str = "",
+    promote: bool = False,
 ) -> dict:
     """Record a build as `created`, commit, then enqueue it for a worker."""
     apps.get(rack, app)
@@ -93,6 +94,8 @@ def create(
         "no_cache": bool(no_cache),
         "development": bool(development),
     }
+    if promote:  # the pipeline promotes the release when the build completes (push webhooks ask for it)
+        options["promote"] = True
     objects.normalize_key(options["manifest"])  # refuses `..` in the manifest path
     with rack.db.transaction() as conn:
         row = sql.insert(

@@ -123,6 +123,8 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
         )
         if done is None:
             raise _Lost  # roll the release back: whoever ended the build decided its outcome
+        if (row["options"] or {}).get("promote"):  # asked for by a push webhook: release and promote at once
+            apps_sql.set_release(conn, name=row["app"], release=release["id"])
         return done
 
     try:
