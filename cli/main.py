@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+import cli.exports  # noqa: F401  (adds `builds export` and `builds import`)
 from cli import logs  # noqa: F401  (adds `builds logs` to the builds group)
 from cli.apps import apps
 from cli.build import build, deploy

@@ -10,7 +10,7 @@ from rack.context import Rack
 
 def create_app(settings: Settings | None = None, *, rack: Rack | None = None) -> Flask:
     """Make the API app; nothing connects to a backing service until a request needs it."""
-    from rack_api import apps, auth, builds, errors, logs, objects, queue, releases, system, webhooks
+    from rack_api import apps, auth, builds, errors, exports, logs, objects, queue, releases, system, webhooks
 
     app = Flask(__name__, static_folder=None)
     app.wsgi_app = _collapse_slashes(app.wsgi_app)
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     apps.init_app(app)
     objects.init_app(app)
     builds.init_app(app)
+    exports.init_app(app)
     logs.init_app(app)
     releases.init_app(app)
     webhooks.init_app(app)

@@ -1,0 +1,306 @@
+"""Build export and import on the real engine and registries: the example app exported, imported elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import secrets
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import docker
+import pytest
+from docker.utils.build import tar
+
+from rack import apps, builds, exports, objects, pipeline, releases
+from rack.config import load_settings
+from rack.context import Rack
+from rack.db import execute
+from rack.errors import TooLarge
+from rack.sql import builds as builds_sql
+from rack_api import create_app
+from rack_stack import Stack
+from tests.conftest import basic
+
+pytestmark = pytest.mark.docker
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+GREETING = f"export-{secrets.token_hex(4)}"  # new layers: the engine cannot have them from another build
+
+
+def make_rack(settings, **changes) -> Rack:
+    r = Rack(dataclasses.replace(settings, **changes))
+    r.enqueue_build = lambda build_id: None
+    return r
+
+
+def api(r: Rack):
+    client = create_app(rack=r).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = basic(r.settings.password)["Authorization"]
+    return client
+
+
+@pytest.fixture(scope="module")
+def home():
+    path = Path(tempfile.mkdtemp(prefix="rack-exports-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def src(docker_stack, home):
+    """The exporting rack (the stack's registry), on clean tables."""
+    r = make_rack(load_settings({**docker_stack.env, "RACK_STORAGE": f"file://{home}/src"}))
+    with r.db.transaction() as conn:
+        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def dst(src, home):
+    """The importing rack: a registry and an object store of its own (the same engine and database)."""
+    stack = Stack(home / "registry2", fast=True)
+    stack.start(services=("registry",))
+    r = make_rack(src.settings, registry=stack.env["RACK_REGISTRY"], storage=f"file://{home}/dst")
+    yield r
+    r.close()
+    stack.stop(services=("registry",))
+
+
+@pytest.fixture(scope="module")
+def engine(docker_stack):
+    client = docker_stack.docker()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def original(src, engine):
+    """The example app built on the pipeline, with what its web image prints and its unique stamp."""
+    apps.create(src, name="myapp")
+    releases.set_env(src, "myapp", set_vars={"COLOR": "green"})
+    url = objects.put(src, "myapp", "tmp/src.tgz", tar(str(EXAMPLE), exclude=["debug.log"], gzip=True))
+    row = builds.create(src, "myapp", url=url, build_args=[f"GREETING={GREETING}"], description="orig")
+    row = pipeline.run_build(src, row["id"], process="tests:1")
+    assert row["status"] == "complete", row["reason"]
+    web = row["images"]["web"]["image"]
+    return row, run(engine, web), run(engine, web, "cat", "/app/build-stamp.txt")
+
+
+def run(client, image: str, *command: str) -> str:
+    kw = {"entrypoint": list(command)} if command else {}
+    return client.containers.run(image, remove=True, network_mode="none", **kw).decode()
+
+
+def members(data: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
+        return [(m.name, t.extractfile(m).read()) for m in t]
+
+
+def tgz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def archive(src, original, engine):
+    """Export the build through the API, then drop its images from the engine, as if on another host."""
+    row = original[0]
+    began = time.monotonic()
+    resp = api(src).get(f"/apps/myapp/builds/{row['id']}.tgz")
+    assert resp.is_streamed and "Content-Length" not in resp.headers  # sent as it is made
+    print(f"\nexport: {len(resp.data)} bytes in {time.monotonic() - began:.2f}s")
+    assert resp.status_code == 200, resp.data
+    assert resp.content_type == "application/octet-stream"
+    for image in row["images"].values():
+        engine.images.remove(image["image"])
+    return resp.data
+
+
+@pytest.fixture(scope="module")
+def imported(dst, archive):
+    apps.create(dst, name="copy")
+    began = time.monotonic()
+    resp = api(dst).post("/apps/copy/builds/import", data=archive, content_type="application/octet-stream")
+    print(f"\nimport: {time.monotonic() - began:.2f}s")
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def test_export_is_build_json_then_one_docker_save_per_image(src, original, archive):
+    row = original[0]
+    names = [name for name, _ in members(archive)]
+    assert names == ["build.json", *(f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker"))]
+    build_json = members(archive)[0][1]
+    assert json.loads(build_json) == api(src).get(f"/apps/myapp/builds/{row['id']}").get_json()
+    assert build_json.startswith(b'{\n  "id": ')
+    for name, data in members(archive)[1:]:
+        with tarfile.open(fileobj=io.BytesIO(data)) as image:
+            manifest = json.load(image.extractfile("manifest.json"))
+        assert manifest[0]["RepoTags"] == [row["images"][name.split(".")[0]]["image"]]
+
+
+def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, original, imported, engine):
+    row, new = original[0], imported
+    assert new["status"] == "complete" and new["id"] != row["id"] and new["app"] == "copy"
+    assert (new["description"], new["manifest"], new["entrypoint"]) == (
+        "orig",
+        row["manifest"],
+        "/app/bin/web",
+    )
+    assert new["started"] <= new["ended"]
+    release = releases.get(dst, "copy", new["release"])
+    assert release["build"] == new["id"] and release["manifest"] == row["manifest"]
+    registry = dst.settings.registry
+    assert set(new["images"]) == {"web", "worker", "tools"}
+    for service, image in new["images"].items():
+        assert image["image"] == f"{registry}/copy:{service}.{new['id']}"
+        request = urllib.request.Request(
+            f"http://{registry}/v2/copy/manifests/{service}.{new['id']}",
+            method="HEAD",
+            headers={"Accept": MANIFEST_V2},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Docker-Content-Digest"] == image["digest"]
+    _, key = objects.parse_url(new["logs"])
+    log = objects.open_object(dst, "copy", key).read().decode()
+    assert f"Importing build {row['id']} of app myapp as {new['id']}\n" in log
+    assert f"Running: docker push {new['images']['web']['image']}\n" in log
+    tags = {t for image in engine.images.list() for t in image.tags}
+    assert not any(t.endswith(row["id"]) for t in tags)  # the exporting rack's names were not left behind
+
+
+def test_the_imported_image_is_the_original_and_prints_the_same(original, imported, engine):
+    _, printed, stamp = original
+    image = imported["images"]["web"]["image"]
+    assert printed == f"web: greeting={GREETING} color=green\n"
+    assert run(engine, image) == printed
+    assert run(engine, image, "cat", "/app/build-stamp.txt") == stamp
+
+
+def test_export_pulls_images_the_engine_lacks_from_the_registry(src, original, imported, engine):
+    row = original[0]
+    resp = api(src).get(f"/apps/myapp/builds/{row['id']}.tgz")
+    assert resp.status_code == 200
+    assert [n for n, _ in members(resp.data)][1:] == [
+        f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker")
+    ]
+    assert engine.images.get(row["images"]["web"]["image"])
+
+
+def test_build_json_is_sent_before_any_image_is_saved(src, original, monkeypatch):
+    saved, get_image = [], docker.APIClient.get_image
+    monkeypatch.setattr(
+        docker.APIClient,
+        "get_image",
+        lambda api, name, **kw: saved.append(name) or get_image(api, name, **kw),
+    )
+    resp = api(src).get(f"/apps/myapp/builds/{original[0]['id']}.tgz", buffered=False)
+    unzip, head, chunks = zlib.decompressobj(31), b"", iter(resp.response)
+    while len(head) < 2 * 512:  # the build.json member: a header block, then the JSON
+        head += unzip.decompress(next(chunks))
+    assert head[:10] == b"build.json" and saved == []
+    resp.close()  # a client leaving mid-export ends the stream: nothing more is saved
+    assert saved == []
+
+
+def nothing_created(r: Rack, app: str) -> None:
+    assert builds.list_for_app(r, app) == []
+    assert releases.list_for_app(r, app) == []
+    assert not (Path(r.settings.storage.removeprefix("file://")) / app / "build").exists()
+
+
+def test_a_failed_push_fails_the_import_and_records_nothing(dst, archive):
+    down = make_rack(dst.settings, registry="127.0.0.1:9")
+    apps.create(down, name="unpushed")
+    resp = api(down).post("/apps/unpushed/builds/import", data=archive)
+    assert resp.status_code == 502
+    assert resp.get_json()["error"].startswith("pushing 127.0.0.1:9/unpushed:tools.B")
+    nothing_created(down, "unpushed")
+    down.close()
+
+
+def bad_archives(archive: bytes) -> dict[str, tuple[bytes, str]]:
+    real = dict(members(archive))
+    source = json.loads(real["build.json"])
+    web = f"web.{source['id']}.tar"
+    only_web = {**source, "images": {"web": source["images"]["web"]}}
+    return {
+        "garbage": (b"not an archive at all\n" * 100, "the import is not a gzip'd tar"),
+        "empty": (b"", "the import is truncated"),
+        "bad deflate": (tgz({})[:10] + b"x" * 10, "the import is not a gzip'd tar"),
+        "gzip, not tar": (gzip.compress(b"hello\n" * 200), "the import is not a tar"),
+        "truncated": (archive[: len(archive) // 2], "the import is truncated"),
+        "no build.json": (tgz({web: real[web]}), "the import has no build.json"),
+        "bad build.json": (tgz({"build.json": b"{nope"}), "build.json is not valid JSON"),
+        "missing image": (
+            tgz({"build.json": real["build.json"], web: real[web]}),
+            "lacks the image of: tools",
+        ),
+        "foreign image": (
+            tgz({"build.json": json.dumps(only_web).encode(), web: real[web], "db." + web[4:]: real[web]}),
+            "the build has no service 'db'",
+        ),
+        "other build's": (
+            tgz({"build.json": real["build.json"], "web.BAAAAAAAAAA.tar": b""}),
+            "not an image",
+        ),
+        "not docker save": (
+            tgz({"build.json": json.dumps(only_web).encode(), web: tgz({"x": b"y"})}),
+            f"{web} is not an image archive",
+        ),
+    }
+
+
+def test_a_bad_archive_is_a_400_and_creates_nothing(dst, archive):
+    apps.create(dst, name="refused")
+    client = api(dst)
+    for case, (body, error) in bad_archives(archive).items():
+        resp = client.post("/apps/refused/builds/import", data=body)
+        assert resp.status_code == 400, (case, resp.get_json())
+        assert error in resp.get_json()["error"], (case, resp.get_json())
+    nothing_created(dst, "refused")
+
+
+def test_an_import_over_the_size_limit_is_413(dst, archive):
+    small = make_rack(dst.settings, max_upload_bytes=1000)
+    assert api(small).post("/apps/copy/builds/import", data=archive).status_code == 413
+    with pytest.raises(TooLarge):  # a chunked body has no length: counted as it is read
+        exports.import_build(small, "copy", io.BytesIO(archive))
+    small.close()
+
+
+def test_only_a_complete_build_exports(src, original):
+    client = api(src)
+    for status in ("created", "running", "failed"):
+        with src.db.transaction() as conn:
+            row = builds_sql.insert(
+                conn, id=f"BEXPORT{status[:4].upper()}", app="myapp", source_url="", options={},
+                description="", git_sha="", status=status,
+            )  # fmt: skip
+        resp = client.get(f"/apps/myapp/builds/{row['id']}.tgz")
+        assert resp.status_code == 409
+        assert (
+            resp.get_json()["error"]
+            == f"build {row['id']} is {status}: only a complete build can be exported"
+        )
+    assert client.get("/apps/myapp/builds/BNOSUCHBUILD.tgz").status_code == 404
+    assert client.get("/apps/myapp/builds/BNOSUCHBUIL.tgz").get_json() == {
+        "error": "build not found: BNOSUCHBUIL"
+    }
+    assert client.get(f"/apps/nope/builds/{original[0]['id']}.tgz").status_code == 404
+    assert client.get(f"/apps/myapp/builds/{original[0]['id']}").content_type == "application/json"
