@@ -104,8 +104,8 @@ def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
             "Dockerfile": f"FROM busybox\nRUN echo before {token} && sleep 30\n",
         },
     )
-    pair = workers.start("wa", "wb")
     followers = [HttpFollower(live_server, "lost", build_id), DomainFollower(rack, "lost", build_id)]
+    pair = workers.start("wa", "wb")  # after the followers: they attach while the build waits
     stream = BuildLog(rack.redis, build_id)
     wait_for(lambda: f"before {token}\n".encode() in stream.text(), timeout=30, what="the RUN step's output")
     row = builds.get(rack, "lost", build_id)
@@ -126,6 +126,7 @@ def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
         what="the build to be reaped",
     )
     reaped_after = time.monotonic() - killed_at
+    assert reaped_after <= HEARTBEAT_TIMEOUT + 15
     assert done["status"] == "failed"
     assert done["reason"].startswith("worker-lost: "), done["reason"]
     assert done["process"] == row["process"]
