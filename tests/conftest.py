@@ -133,3 +133,21 @@ def cli_env(live_server, monkeypatch, tmp_path):
     monkeypatch.setenv("RACK_URL", live_server.rack_url)
     monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "convox-config"))
     return {"RACK_URL": live_server.rack_url, "CONVOX_CONFIG": str(tmp_path / "convox-config")}
+
+
+def run_image(client, image: str, *command: str, entrypoint: bool = True) -> str:
+    """Run an image to its end with no network and return what it printed (stdout and stderr).
+
+    The container's log is read after it has exited: docker-py's attached `containers.run` sometimes
+    returns nothing for a container that exits at once.
+    """
+    kw = {}
+    if command:
+        kw = {"entrypoint": list(command)} if entrypoint else {"command": list(command)}
+    container = client.containers.create(image, network_mode="none", **kw)
+    try:
+        container.start()
+        container.wait(timeout=120)
+        return container.logs(stdout=True, stderr=True).decode()
+    finally:
+        container.remove(force=True)

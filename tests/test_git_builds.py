@@ -18,6 +18,7 @@ from rack import apps, builds, objects, pipeline
 from rack.config import load_settings
 from rack.context import Rack
 from rack.db import execute
+from tests.conftest import run_image
 
 pytestmark = pytest.mark.docker
 
@@ -77,7 +78,7 @@ def log_text(rack: Rack, row: dict) -> str:
 def printed(docker_stack, image: str) -> str:
     client = docker_stack.docker()
     try:
-        return client.containers.run(image, remove=True, network_mode="none").decode()
+        return run_image(client, image)
     finally:
         client.close()
 

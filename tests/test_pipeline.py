@@ -22,6 +22,7 @@ from rack.context import Rack
 from rack.db import execute
 from rack.logs import BuildLog
 from rack.sql import builds as builds_sql
+from tests.conftest import run_image
 
 pytestmark = pytest.mark.docker
 
@@ -80,8 +81,7 @@ def build_log(rack: Rack, row: dict) -> str:
 
 def run(client, image: str, *command: str) -> str:
     """Run an image once with no network and return what it printed."""
-    kw = {"entrypoint": list(command)} if command else {}
-    return client.containers.run(image, remove=True, network_mode="none", **kw).decode()
+    return run_image(client, image, *command)
 
 
 def registry_get(rack: Rack, path: str, *, head: bool = False):

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from rack_stack import SERVICES, Stack, procs
 from rack_stack.cli import main
+from tests.conftest import run_image
 
 
 def test_ports_and_password_are_chosen_once(tmp_path):
@@ -69,7 +70,7 @@ def test_start_restart_build_stop(tmp_path):
         _assert_all_answer(stack)
         assert redis.Redis.from_url(stack.env["RACK_REDIS_URL"]).xlen("stack-test") == 2
         client = stack.docker()
-        assert client.containers.run("busybox", ["echo", "again"], remove=True) == b"again\n"
+        assert run_image(client, "busybox", "echo", "again", entrypoint=False) == "again\n"
         client.close()
         print(f"cold start {cold:.2f}s")
     finally:
@@ -103,8 +104,8 @@ def _assert_builds_from_busybox(stack: Stack) -> None:
     dockerfile = io.BytesIO(b"FROM busybox\nRUN echo hi > /greeting\n")
     events = list(client.api.build(fileobj=dockerfile, tag="stack-test:1", network_mode="host", decode=True))
     assert not [e for e in events if "error" in e], events
-    output = client.containers.run("stack-test:1", ["sh", "-c", "cat /greeting; echo ok"], remove=True)
-    assert output == b"hi\nok\n"
+    output = run_image(client, "stack-test:1", "sh", "-c", "cat /greeting; echo ok", entrypoint=False)
+    assert output == "hi\nok\n"
     client.close()
     tags = f"http://{stack.env['RACK_REGISTRY']}/v2/busybox/tags/list"
     with urllib.request.urlopen(tags) as response:
