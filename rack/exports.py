@@ -59,7 +59,7 @@ class TgzWriter:
     """Write a gzip'd tar member by member, handing back compressed bytes as they are made."""
 
     def __init__(self) -> None:
-        self._z = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self._z = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: 3x the speed of 6 for ~15% more bytes
 
     def member(self, name: str, fh: BinaryIO, size: int, *, mode: int = 0o644) -> Iterator[bytes]:
         """Yield the compressed header, data and padding of one regular file of `size` bytes."""

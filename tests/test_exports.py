@@ -157,11 +157,8 @@ def test_export_is_build_json_then_one_docker_save_per_image(src, original, arch
 def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, original, imported, engine):
     row, new = original[0], imported
     assert new["status"] == "complete" and new["id"] != row["id"] and new["app"] == "copy"
-    assert (new["description"], new["manifest"], new["entrypoint"]) == (
-        "orig",
-        row["manifest"],
-        "/app/bin/web",
-    )
+    copied = (new["description"], new["manifest"], new["entrypoint"])
+    assert copied == ("orig", row["manifest"], "/app/bin/web")
     assert new["started"] <= new["ended"]
     release = releases.get(dst, "copy", new["release"])
     assert release["build"] == new["id"] and release["manifest"] == row["manifest"]
@@ -169,11 +166,8 @@ def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, origi
     assert set(new["images"]) == {"web", "worker", "tools"}
     for service, image in new["images"].items():
         assert image["image"] == f"{registry}/copy:{service}.{new['id']}"
-        request = urllib.request.Request(
-            f"http://{registry}/v2/copy/manifests/{service}.{new['id']}",
-            method="HEAD",
-            headers={"Accept": MANIFEST_V2},
-        )
+        url = f"http://{registry}/v2/copy/manifests/{service}.{new['id']}"
+        request = urllib.request.Request(url, method="HEAD", headers={"Accept": MANIFEST_V2})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.headers["Docker-Content-Digest"] == image["digest"]
     _, key = objects.parse_url(new["logs"])
@@ -196,9 +190,8 @@ def test_export_pulls_images_the_engine_lacks_from_the_registry(src, original, i
     row = original[0]
     resp = api(src).get(f"/apps/myapp/builds/{row['id']}.tgz")
     assert resp.status_code == 200
-    assert [n for n, _ in members(resp.data)][1:] == [
-        f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker")
-    ]
+    names = [name for name, _ in members(resp.data)]
+    assert names[1:] == [f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker")]
     assert engine.images.get(row["images"]["web"]["image"])
 
 
@@ -245,19 +238,18 @@ def bad_archives(archive: bytes) -> dict[str, tuple[bytes, str]]:
         "bad deflate": (tgz({})[:10] + b"x" * 10, "the import is not a gzip'd tar"),
         "gzip, not tar": (gzip.compress(b"hello\n" * 200), "the import is not a tar"),
         "truncated": (archive[: len(archive) // 2], "the import is truncated"),
+        "no gzip trailer": (archive[:-8], "the import is truncated"),  # every tar member whole
         "no build.json": (tgz({web: real[web]}), "the import has no build.json"),
         "bad build.json": (tgz({"build.json": b"{nope"}), "build.json is not valid JSON"),
-        "missing image": (
-            tgz({"build.json": real["build.json"], web: real[web]}),
-            "lacks the image of: tools",
-        ),
+        "missing image": (tgz({"build.json": real["build.json"], web: real[web]}), "image of: tools"),
         "foreign image": (
             tgz({"build.json": json.dumps(only_web).encode(), web: real[web], "db." + web[4:]: real[web]}),
             "the build has no service 'db'",
         ),
-        "other build's": (
-            tgz({"build.json": real["build.json"], "web.BAAAAAAAAAA.tar": b""}),
-            "not an image",
+        "other build's": (tgz({"build.json": real["build.json"], "web.BOTHERBUILD.tar": b""}), "not an"),
+        "misnamed": (
+            tgz({"build.json": real["build.json"], "web.tar": b""}),
+            "expected <service>.<BUILD ID>",
         ),
         "not docker save": (
             tgz({"build.json": json.dumps(only_web).encode(), web: tgz({"x": b"y"})}),
@@ -293,14 +285,10 @@ def test_only_a_complete_build_exports(src, original):
                 description="", git_sha="", status=status,
             )  # fmt: skip
         resp = client.get(f"/apps/myapp/builds/{row['id']}.tgz")
-        assert resp.status_code == 409
-        assert (
-            resp.get_json()["error"]
-            == f"build {row['id']} is {status}: only a complete build can be exported"
-        )
+        error = f"build {row['id']} is {status}: only a complete build can be exported"
+        assert (resp.status_code, resp.get_json()) == (409, {"error": error})
     assert client.get("/apps/myapp/builds/BNOSUCHBUILD.tgz").status_code == 404
-    assert client.get("/apps/myapp/builds/BNOSUCHBUIL.tgz").get_json() == {
-        "error": "build not found: BNOSUCHBUIL"
-    }
+    missing = client.get("/apps/myapp/builds/BNOSUCHBUIL.tgz")
+    assert (missing.status_code, missing.get_json()) == (404, {"error": "build not found: BNOSUCHBUIL"})
     assert client.get(f"/apps/nope/builds/{original[0]['id']}.tgz").status_code == 404
     assert client.get(f"/apps/myapp/builds/{original[0]['id']}").content_type == "application/json"
