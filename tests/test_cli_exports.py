@@ -16,6 +16,7 @@ from docker.utils.build import tar
 from cli.main import main
 from rack import apps, builds, exports, objects, pipeline, releases
 from rack.sql import builds as builds_sql
+from tests.conftest import run_image
 from tests.realworker import rack_env, start_api
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
@@ -37,7 +38,7 @@ def build(rack, app: str, folder: Path, **options) -> dict:
 def printed(docker_stack, image: str) -> str:
     client = docker_stack.docker()
     try:
-        return client.containers.run(image, remove=True, network_mode="none").decode()
+        return run_image(client, image)
     finally:
         client.close()
 

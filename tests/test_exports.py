@@ -27,7 +27,7 @@ from rack.errors import TooLarge
 from rack.sql import builds as builds_sql
 from rack_api import create_app
 from rack_stack import Stack
-from tests.conftest import basic
+from tests.conftest import basic, run_image
 
 pytestmark = pytest.mark.docker
 
@@ -97,8 +97,7 @@ def original(src, engine):
 
 
 def run(client, image: str, *command: str) -> str:
-    kw = {"entrypoint": list(command)} if command else {}
-    return client.containers.run(image, remove=True, network_mode="none", **kw).decode()
+    return run_image(client, image, *command)
 
 
 def members(data: bytes) -> list[tuple[str, bytes]]:
