@@ -149,7 +149,8 @@ class Gunzip:
     def _next(self) -> bytes:
         raw = self.body.read(CHUNK)
         if not raw:
-            raise Invalid(f"the import is truncated: its gzip stream ends early, at byte {self.received}")
+            cut = f"truncated: its gzip stream ends at byte {self.received}" if self.received else "empty"
+            raise Invalid(f"the import is {cut}: send the whole output of `convox builds export`")
         self.received += len(raw)
         if self.received > self.limit:
             raise TooLarge(f"the import is larger than the limit of {self.limit} bytes")

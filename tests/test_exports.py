@@ -233,7 +233,7 @@ def bad_archives(archive: bytes) -> dict[str, tuple[bytes, str]]:
     only_web = {**source, "images": {"web": source["images"]["web"]}}
     return {
         "garbage": (b"not an archive at all\n" * 100, "the import is not a gzip'd tar"),
-        "empty": (b"", "the import is truncated"),
+        "empty": (b"", "the import is empty: send the whole output of `convox builds export`"),
         "bad deflate": (tgz({})[:10] + b"x" * 10, "the import is not a gzip'd tar"),
         "gzip, not tar": (gzip.compress(b"hello\n" * 200), "the import is not a tar"),
         "truncated": (archive[: len(archive) // 2], "the import is truncated"),
