@@ -45,6 +45,12 @@ class Unprocessable(RackError):
     status = 422
 
 
+class BadGateway(RackError):
+    """A service the rack depends on (the registry) refused or failed what it was asked."""
+
+    status = 502
+
+
 class Unavailable(RackError):
     """A backing service (Postgres, Redis, the object store) cannot be reached right now."""
 

@@ -27,7 +27,15 @@ from rack import apps, builds, objects, releases
 from rack.context import Rack
 from rack.dockerstream import drain, engine_errors
 from rack.engine import Engine
-from rack.errors import BuildError, BuildUserError, Conflict, Invalid, RackError, TooLarge, Unavailable
+from rack.errors import (
+    BadGateway,
+    BuildError,
+    BuildUserError,
+    Conflict,
+    Invalid,
+    TooLarge,
+    Unavailable,
+)
 from rack.ids import new_id
 from rack.sql import builds as sql
 
@@ -38,12 +46,6 @@ IMAGE_TAR = re.compile(r"^([a-z][a-z0-9-]{0,62})\.(B[A-Z]{10})\.tar$")
 TEXT_FIELDS = ("description", "entrypoint", "git-sha", "manifest")
 
 
-class RegistryError(RackError):
-    """The registry refused or failed a push or a pull."""
-
-    status = 502
-
-
 @contextlib.contextmanager
 def _platform_errors() -> Iterator[None]:
     """Turn the engine's build errors into API errors: registry → 502, engine → 503."""
@@ -51,7 +53,7 @@ def _platform_errors() -> Iterator[None]:
         yield
     except BuildError as exc:  # a user error here is a refused pull: the image is gone from the registry
         if exc.code == "platform:registry" or isinstance(exc, BuildUserError):
-            raise RegistryError(exc.message) from exc
+            raise BadGateway(exc.message) from exc
         raise Unavailable(exc.message) from exc
 
 

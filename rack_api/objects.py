@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, request, stream_with_context
-from werkzeug.exceptions import ClientDisconnected
+from flask import Blueprint, Flask, Response, stream_with_context
 
 from rack import objects
-from rack.errors import Invalid, TooLarge
-from rack_api.params import as_json, ok, rack
+from rack_api.params import RequestBody, as_json, ok, rack
 
 bp = Blueprint("objects", __name__)
-
-
-class _ExactBody:
-    """Read the request body and fail if it ends before its Content-Length (a dropped upload)."""
-
-    def __init__(self, stream, length: int | None) -> None:
-        self.stream, self.length, self.seen = stream, length, 0
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            chunk = self.stream.read(size)
-        except ClientDisconnected:
-            chunk = b""
-        self.seen += len(chunk)
-        if not chunk and self.length is not None and self.seen < self.length:
-            raise Invalid(f"upload truncated: got {self.seen} of {self.length} bytes")
-        return chunk
 
 
 @bp.post("/apps/<app>/objects/", defaults={"key": ""})
 @bp.post("/apps/<app>/objects/<path:key>")
 def store(app: str, key: str):
-    length = request.content_length
-    limit = rack().settings.max_upload_bytes
-    if length is not None and length > limit:
-        raise TooLarge(f"upload of {length} bytes is larger than the limit of {limit} bytes")
-    url = objects.put(rack(), app, key, _ExactBody(request.stream, length))
+    body = RequestBody("upload", limit=rack().settings.max_upload_bytes)
+    url = objects.put(rack(), app, key, body)
     return as_json({"Url": url})
 
 

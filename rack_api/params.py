@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Response, current_app, json, request
+from werkzeug.exceptions import ClientDisconnected
 
 from rack.context import Rack
-from rack.errors import Invalid
+from rack.errors import Invalid, RackError, TooLarge
 
 
 def rack() -> Rack:
@@ -56,3 +59,32 @@ def as_json(value, status: int = 200) -> Response:
 
 def ok() -> Response:
     return Response("ok\n", mimetype="text/plain")
+
+
+class RequestBody:
+    """The raw request body, sized or chunked, read in chunks; ending before its Content-Length is an error.
+
+    `what` names the body in messages ("upload", "import").
+    """
+
+    def __init__(self, what: str, *, limit: int) -> None:
+        self.what, self.limit = what, limit
+        self.stream, self.length, self.seen = request.stream, request.content_length, 0
+        if self.length is not None and self.length > limit:
+            raise TooLarge(f"the {what} of {self.length} bytes is larger than the limit of {limit} bytes")
+
+    def read(self, size: int = 1024 * 1024) -> bytes:
+        try:
+            chunk = self.stream.read(size)
+        except ClientDisconnected:
+            chunk = b""
+        self.seen += len(chunk)
+        if not chunk and self.length is not None and self.seen < self.length:
+            raise Invalid(f"the {self.what} is truncated: got {self.seen} of {self.length} bytes")
+        return chunk
+
+    def drain(self) -> None:
+        """Read what the client still sends (up to the limit), so it reads our answer instead of a reset."""
+        with contextlib.suppress(RackError, OSError):
+            while self.seen <= self.limit and self.read():
+                pass
