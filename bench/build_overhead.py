@@ -7,6 +7,8 @@ Starts a private stack (Postgres, Redis, dockerd, registry) in a temp folder. Ea
   manifest, build args, build, tag, push, log to Redis, store the log, release);
 - bare: the docker SDK builds the same services from the example folder with the same build args, tags the
   `image:` service and pushes the same three tags (`<registry>/<app>:<service>.<id>`).
+- convox build: the `convox` command as a user runs it (a new process: package, upload, create, follow
+  the log) against the API under gunicorn and a Celery worker.
 Warm rounds leave the layer cache on (both hit it); cold rounds pass no-cache to both. Medians are printed
 with the ratio rack/bare and the absolute overhead.
 """
@@ -17,6 +19,7 @@ import argparse
 import io
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +67,30 @@ def rack_round(rack: Rack, source: bytes, *, nocache: bool) -> float:
     return elapsed
 
 
+def cli_round(stack: Stack, *, nocache: bool) -> float:
+    """Time `convox build` of the example folder as a user runs it: a new process, through API and worker."""
+    env = {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
+        "HOME": str(stack.home),
+        "RACK_URL": f"http://convox:{stack.password}@{stack.env['RACK_API_URL'].split('//', 1)[1]}",
+    }
+    argv = [
+        str(ROOT / ".venv" / "bin" / "convox"),
+        "build",
+        str(EXAMPLE),
+        "-a",
+        APP,
+        "--build-args",
+        "GREETING=hi",
+    ]
+    began = time.perf_counter()
+    proc = subprocess.run(argv + (["--no-cache"] if nocache else []), env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"convox build failed: {proc.stderr[-2000:]}")
+    return elapsed
+
+
 def bare_round(api, registry: str, n: int, *, nocache: bool) -> float:
     """Time the same builds, tags and pushes straight through the docker SDK."""
     began = time.perf_counter()
@@ -96,13 +123,13 @@ def bare_round(api, registry: str, n: int, *, nocache: bool) -> float:
     return time.perf_counter() - began
 
 
-def report(name: str, rack_times: list[float], bare_times: list[float]) -> None:
+def report(name: str, rack_times: list[float], bare_times: list[float], *, label: str = "rack") -> None:
     rack_s, bare_s = statistics.median(rack_times), statistics.median(bare_times)
     print(
-        f"{name:5} rounds={len(rack_times)}  rack median {rack_s * 1000:7.0f} ms"
+        f"{name:9} rounds={len(rack_times)}  {label} median {rack_s * 1000:7.0f} ms"
         f"  bare median {bare_s * 1000:7.0f} ms"
         f"  ratio {rack_s / bare_s:.2f}  overhead {(rack_s - bare_s) * 1000:+.0f} ms"
-        f"  (rack min {min(rack_times) * 1000:.0f}, bare min {min(bare_times) * 1000:.0f})"
+        f"  ({label} min {min(rack_times) * 1000:.0f}, bare min {min(bare_times) * 1000:.0f})"
     )
 
 
@@ -117,7 +144,7 @@ def main() -> None:
     stack = Stack(home)
     deadline = time.monotonic() + DEADLINE_S
     try:
-        stack.start(services=("postgres", "redis", "dockerd", "registry"))
+        stack.start(services=("postgres", "redis", "dockerd", "registry", "api", "worker"))
         stack.seed_base_image()
         db = Database(stack.env["RACK_DATABASE_URL"])
         migrate(db)
@@ -129,9 +156,11 @@ def main() -> None:
         client = stack.docker()
         api = client.api
         registry = rack.settings.registry
-        rack_round(rack, source, nocache=False)  # fill the layer cache and the registry once for both
+        rack_round(rack, source, nocache=False)  # fill the layer cache and the registry once for all
+        cli_round(stack, nocache=False)
         bare_round(api, registry, 0, nocache=False)
         results: dict[str, tuple[list[float], list[float]]] = {"warm": ([], []), "cold": ([], [])}
+        cli_results: dict[str, list[float]] = {"warm": [], "cold": []}
         plan = [("warm", False)] * opts.rounds + [("cold", True)] * opts.cold_rounds
         for n, (name, nocache) in enumerate(plan, start=1):
             if time.monotonic() > deadline:
@@ -142,7 +171,9 @@ def main() -> None:
             if n % 2:
                 rack_times.append(rack_round(rack, source, nocache=nocache))
                 bare_times.append(bare_round(api, registry, n, nocache=nocache))
+                cli_results[name].append(cli_round(stack, nocache=nocache))
             else:
+                cli_results[name].append(cli_round(stack, nocache=nocache))
                 bare_times.append(bare_round(api, registry, n, nocache=nocache))
                 rack_times.append(rack_round(rack, source, nocache=nocache))
         print(
@@ -151,6 +182,7 @@ def main() -> None:
         for name, (rack_times, bare_times) in results.items():
             if rack_times and bare_times:
                 report(name, rack_times, bare_times)
+                report(f"{name} cli", cli_results[name], bare_times, label="convox build")
         client.close()
         rack.close()
     finally:
