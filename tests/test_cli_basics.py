@@ -73,3 +73,30 @@ def test_app_build_timeout(cli_env):
     assert "BuildTimeout  60\n" in run("apps", "info", "slow").output
     bad = CliRunner().invoke(main, ["apps", "update", "slow", "--timeout", "zero"])
     assert bad.exit_code == 1 and "timeout must be a whole number" in bad.output
+
+
+def test_rack_found_from_env_before_stored_login(live_server, monkeypatch, tmp_path):
+    monkeypatch.delenv("RACK_URL", raising=False)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "cfg"))
+    host = f"127.0.0.1:{live_server.server.server_port}"
+    assert run("login", host, "--password", live_server.password).exit_code == 0
+    # CONVOX_HOST/CONVOX_PASSWORD win over the stored login...
+    monkeypatch.setenv("CONVOX_HOST", host)
+    monkeypatch.setenv("CONVOX_PASSWORD", "wrong")
+    assert "invalid authentication" in CliRunner().invoke(main, ["apps"]).output
+    # ...and RACK_URL wins over both.
+    monkeypatch.setenv("RACK_URL", live_server.rack_url)
+    assert CliRunner().invoke(main, ["apps"]).exit_code == 0
+    monkeypatch.delenv("RACK_URL")
+    monkeypatch.delenv("CONVOX_HOST")
+    monkeypatch.delenv("CONVOX_PASSWORD")
+    assert CliRunner().invoke(main, ["apps"]).exit_code == 0
+
+
+def test_no_rack_configured_says_how_to_log_in(monkeypatch, tmp_path):
+    for name in ("RACK_URL", "CONVOX_HOST", "CONVOX_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "empty"))
+    result = CliRunner().invoke(main, ["apps"])
+    assert result.exit_code == 1
+    assert "convox login" in result.output
