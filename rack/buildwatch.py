@@ -12,6 +12,7 @@ from rack.errors import BuildError, BuildPlatformError, BuildUserError
 from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
+CANCEL_POLL = 1.0
 
 
 class Watch:
@@ -23,6 +24,8 @@ class Watch:
         self.process = process
         self.timeout = timeout
         self.interval = max(0.05, float(rack.settings.heartbeat_interval))
+        # Between heartbeats, look at the row this often, so a cancel stops the build within a second or so.
+        self.poll = min(self.interval, CANCEL_POLL)
         self.stopped: BuildError | None = None
         self._interrupts: list[Callable[[], None]] = []
         self._done = threading.Event()
@@ -63,21 +66,33 @@ class Watch:
                 log.exception("interrupting build %s failed", self.build_id)
 
     def _run(self) -> None:
-        while not self._done.wait(min(self.interval, self.remaining())):
+        next_beat = time.monotonic() + self.interval
+        while not self._done.wait(min(self.poll, self.remaining())):
             if self.remaining() <= 0:
                 self.stop(
                     BuildUserError("timeout", f"the build ran longer than its limit of {self.timeout:g}s")
                 )
                 return
-            self.beat()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.interval
+                self.beat()
+            else:
+                self.look()
 
     def beat(self) -> None:
         """Heartbeat the row once; stop the build if it was cancelled or is no longer ours."""
+        self._act_on(sql.heartbeat, "heartbeat")
+
+    def look(self) -> None:
+        """Read the row without touching it; stop the build if it was cancelled or is no longer ours."""
+        self._act_on(sql.still_running, "check")
+
+    def _act_on(self, query, what: str) -> None:
         try:
             with self.rack.db.transaction() as conn:
-                row = sql.heartbeat(conn, id=self.build_id, process=self.process)
-        except Exception as exc:  # Postgres away for a moment: keep building, the next beat retries
-            log.warning("heartbeat of build %s failed: %s", self.build_id, exc)
+                row = query(conn, id=self.build_id, process=self.process)
+        except Exception as exc:  # Postgres away for a moment: keep building, the next round retries
+            log.warning("%s of build %s failed: %s", what, self.build_id, exc)
             return
         if row is None:
             self.stop(BuildPlatformError("platform:lost", "the build was ended by someone else while it ran"))

@@ -303,6 +303,33 @@ def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client
     assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
 
 
+def test_a_cancel_is_seen_between_heartbeats(broken, tmp_path, docker_client):
+    """With heartbeats 60 s apart, a cancel still stops the running step within a few seconds."""
+    slow_beats = Rack(dataclasses.replace(broken.settings, heartbeat_interval=60))
+    slow_beats.enqueue_build = lambda build_id: None
+    url = upload(slow_beats, "broken", write_app(tmp_path, SLOW))
+    row = builds.create(slow_beats, "broken", url=url)
+
+    def cancel_when_started() -> None:
+        for entry in BuildLog(slow_beats.redis, row["id"]).follow(block_ms=200):
+            if b"started\n" in entry.data:
+                with slow_beats.db.transaction() as conn:
+                    builds_sql.request_cancel(conn, id=row["id"])
+                return
+
+    canceller = threading.Thread(target=cancel_when_started, daemon=True)
+    canceller.start()
+    began = time.monotonic()
+    try:
+        result = pipeline.run_build(slow_beats, row["id"], process="tests:1")
+    finally:
+        slow_beats.close()
+    canceller.join(5)
+    assert result["reason"] == "cancelled: the build was cancelled"
+    assert time.monotonic() - began < 20  # far below the 60 s heartbeat interval
+    assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
+
+
 def test_a_build_ended_elsewhere_stops_and_leaves_the_outcome_alone(broken, tmp_path, docker_client):
     from rack import lifecycle
 

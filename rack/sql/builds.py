@@ -89,6 +89,15 @@ def heartbeat(conn, *, id: str, process: str) -> dict | None:
     )
 
 
+def still_running(conn, *, id: str, process: str) -> dict | None:
+    """The build's cancel flag while it runs on `process`; None once it ended or moved elsewhere."""
+    return fetchone(
+        conn,
+        "SELECT cancel_requested FROM builds WHERE id = %s AND status = 'running' AND process = %s",
+        (id, process),
+    )
+
+
 def finish(
     conn,
     *,
