@@ -58,7 +58,7 @@ def cancel(rack: Rack, app: str, build_id: str) -> dict:
     check_id("build", build_id)
     apps.get(rack, app)
     with rack.db.transaction() as conn:
-        row = sql.request_cancel(conn, id=build_id) or sql.get(conn, app=app, id=build_id)
+        row = sql.request_cancel(conn, app=app, id=build_id) or sql.get(conn, app=app, id=build_id)
     if row is None or row["app"] != app:
         raise NotFound(f"build not found: {build_id}")
     if row["status"] in ("created", "running"):

@@ -289,7 +289,7 @@ def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client
         for entry in stream.follow(block_ms=200):
             if b"started\n" in entry.data:
                 with broken.db.transaction() as conn:
-                    builds_sql.request_cancel(conn, id=row["id"])
+                    builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
                 return
 
     canceller = threading.Thread(target=cancel_when_started, daemon=True)
@@ -314,7 +314,7 @@ def test_a_cancel_is_seen_between_heartbeats(broken, tmp_path, docker_client):
         for entry in BuildLog(slow_beats.redis, row["id"]).follow(block_ms=200):
             if b"started\n" in entry.data:
                 with slow_beats.db.transaction() as conn:
-                    builds_sql.request_cancel(conn, id=row["id"])
+                    builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
                 return
 
     canceller = threading.Thread(target=cancel_when_started, daemon=True)

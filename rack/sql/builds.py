@@ -9,6 +9,7 @@ from rack.db import fetchall, fetchone
 COLUMNS = {
     "description",
     "entrypoint",
+    "heartbeat",
     "git_sha",
     "logs",
     "manifest",
@@ -120,12 +121,12 @@ def finish(
     return fetchone(conn, f"UPDATE builds SET {sets}, ended = now() WHERE {where} RETURNING *", params)
 
 
-def request_cancel(conn, *, id: str) -> dict | None:
+def request_cancel(conn, *, app: str, id: str) -> dict | None:
     return fetchone(
         conn,
-        "UPDATE builds SET cancel_requested = true WHERE id = %s AND status IN ('created', 'running')"
-        " RETURNING *",
-        (id,),
+        "UPDATE builds SET cancel_requested = true"
+        " WHERE app = %s AND id = %s AND status IN ('created', 'running') RETURNING *",
+        (app, id),
     )
 
 
