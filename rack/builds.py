@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 from rack import apps, objects
 from rack.context import Rack
-from rack.errors import Invalid, NotFound, Unavailable
+from rack.errors import Conflict, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
+from rack.logs import BuildLog
 from rack.sql import builds as sql
+from rack.sql import releases as releases_sql
 from rack.timefmt import parse_convox, rfc3339
 
 STATUSES = ("created", "running", "complete", "failed")
@@ -138,8 +141,12 @@ def list_for_app(rack: Rack, app: str, *, limit: int = 10) -> list[dict]:
 
 
 def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict:
-    """Apply a Convox `PUT builds/{id}` (how external builders report progress)."""
-    get(rack, app, build_id)
+    """Apply a Convox `PUT builds/{id}` (how external builders report progress).
+
+    Status moves only forward, each move one guarded statement: `created` → `running` (which then
+    heartbeats on every PUT), `created`/`running` → `complete`/`failed` (which ends the log stream).
+    """
+    row = get(rack, app, build_id)
     fields: dict = {}
     for key in ("entrypoint", "logs", "manifest", "release", "description"):
         if changes.get(key) is not None:
@@ -147,11 +154,29 @@ def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict
     for key in ("started", "ended"):
         if changes.get(key):
             fields[key] = parse_convox(changes[key])
-    if changes.get("status"):
-        if changes["status"] not in STATUSES:
-            raise Invalid(f"invalid status {changes['status']!r}: use one of {', '.join(STATUSES)}")
-        fields["status"] = changes["status"]
-    if not fields:
-        return get(rack, app, build_id)
+    status = changes.get("status") or row["status"]
+    if status not in STATUSES:
+        raise Invalid(f"invalid status {status!r}: use one of {', '.join(STATUSES)}")
     with rack.db.transaction() as conn:
-        return sql.update(conn, id=build_id, fields=fields)
+        if fields.get("release") and releases_sql.get(conn, app=app, id=fields["release"]) is None:
+            raise NotFound(f"release not found: {fields['release']}")
+        if status != row["status"]:
+            row = _move(conn, row, status)
+        if row["status"] == "running":
+            fields["heartbeat"] = datetime.now(UTC)
+        updated = sql.update(conn, id=build_id, fields=fields) if fields else row
+    if changes.get("status") in FINAL:
+        BuildLog(rack.redis, build_id).end(updated["status"], ttl=rack.settings.log_stream_ttl)
+    return updated
+
+
+def _move(conn, row: dict, status: str) -> dict:
+    """Move a build's status forward in one guarded statement, or refuse with 409."""
+    moved = None
+    if status == "running" and row["status"] == "created":
+        moved = sql.mark_running(conn, id=row["id"], process="external")
+    elif status in FINAL and row["status"] in ("created", "running"):
+        moved = sql.finish(conn, id=row["id"], status=status, reason=row["reason"])
+    if moved is None:
+        raise Conflict(f"build {row['id']} is {row['status']}: it can not become {status}")
+    return moved

@@ -46,8 +46,10 @@ def fail(
     build_log = BuildLog(rack.redis, row["id"])
     try:
         build_log.append(f"ERROR: {reason}\n")
-        store_log(rack, ended)
+        # End the stream before storing it: the end refuses later lines, so what is stored is what
+        # every follower saw, even when the build's worker still writes a line or two.
         build_log.end("failed", ttl=rack.settings.log_stream_ttl)
+        store_log(rack, ended)
     except RackError as exc:  # Redis or the store is down: the build is failed all the same
         log.warning("build %s failed (%s) but its log could not be closed: %s", row["id"], reason, exc)
     return ended

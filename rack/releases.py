@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rack import apps
 from rack.context import Rack
-from rack.errors import Invalid, NotFound
+from rack.errors import Conflict, Invalid, NotFound
 from rack.ids import check_id, new_id
 from rack.sql import apps as apps_sql
 from rack.sql import builds as builds_sql
@@ -78,10 +78,17 @@ def create_in(
     return sql.insert(conn, id=new_id("R"), app=app, **fields)
 
 
-def create(rack: Rack, app: str, **kw) -> dict:
+def create(rack: Rack, app: str, *, build: str | None = None, **kw) -> dict:
+    """Create a release on request; a build must be complete to be released."""
     with rack.db.transaction() as conn:
         apps.get(rack, app, conn)
-        return create_in(conn, app=app, **kw)
+        if build:
+            row = builds_sql.get(conn, app=app, id=build)
+            if row is None:
+                raise NotFound(f"build not found: {build}")
+            if row["status"] != "complete":
+                raise Conflict(f"build {build} is {row['status']}: only a complete build can be released")
+        return create_in(conn, app=app, build=build, **kw)
 
 
 def get(rack: Rack, app: str, release_id: str) -> dict:

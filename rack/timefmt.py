@@ -17,14 +17,24 @@ def rfc3339(value: datetime | None) -> str:
 
 
 def parse_convox(value: str) -> datetime:
-    """Parse Convox's wire time `20060102.150405.000000000` (or RFC 3339)."""
-    for fmt in ("%Y%m%d.%H%M%S.%f",):
+    """Parse Convox's wire time `20060102.150405.000000000` (or RFC 3339) as a UTC time."""
+    parsed = None
+    head, _, frac = value.rpartition(".")
+    try:
+        parsed = datetime.strptime(f"{head}.{frac[:6]}", "%Y%m%d.%H%M%S.%f")
+    except ValueError:
         try:
-            head, _, frac = value.rpartition(".")
-            return datetime.strptime(f"{head}.{frac[:6]}", fmt).replace(tzinfo=UTC)
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             pass
+    if parsed is None:
+        raise Invalid(f"invalid time {value!r}: use 20060102.150405.000000000 or RFC 3339")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # a time with no zone is read as UTC, never as the server's
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid(f"invalid time {value!r}: use 20060102.150405.000000000 or RFC 3339") from None
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        parsed = None
+    if parsed is None or not 1970 <= parsed.year <= 9999:
+        raise Invalid(f"invalid time {value!r}: out of range")
+    return parsed

@@ -103,3 +103,50 @@ def test_broker_down_fails_the_build_and_answers_503(rack, client, source):
     [build] = client.get("/apps/myapp/builds").get_json()
     assert build["status"] == "failed"
     assert build["reason"].startswith("platform:queue")
+
+
+def test_put_moves_status_only_forward(client, source, rack):
+    from rack import lifecycle
+    from rack.db import execute
+    from rack.logs import BuildLog
+
+    build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    assert client.put(f"/apps/myapp/builds/{build_id}", data={"status": "created"}).status_code == 200
+    running = client.put(f"/apps/myapp/builds/{build_id}", data={"status": "running"}).get_json()
+    assert running["status"] == "running"
+    # A builder reporting through PUT is watched like a worker: silence gets it reaped.
+    with rack.db.transaction() as conn:
+        execute(conn, "UPDATE builds SET heartbeat = now() - interval '1 hour' WHERE id = %s", (build_id,))
+    assert [b for b, _ in lifecycle.reap(rack)] == [build_id]
+    resp = client.put(f"/apps/myapp/builds/{build_id}", data={"status": "running"})
+    assert resp.status_code == 409
+    assert resp.get_json()["error"] == f"build {build_id} is failed: it can not become running"
+    assert client.put(f"/apps/myapp/builds/{build_id}", data={"status": "complete"}).status_code == 409
+    assert client.put(f"/apps/myapp/builds/{build_id}", data={"status": "created"}).status_code == 409
+
+    other = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    done = client.put(f"/apps/myapp/builds/{other}", data={"status": "failed"}).get_json()
+    assert done["status"] == "failed" and done["ended"] != "0001-01-01T00:00:00Z"
+    assert BuildLog(rack.redis, other).last_entry().end_status == "failed"  # followers stop
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "19000101.000000.000000000", "soon"]
+)
+def test_put_refuses_times_out_of_range(client, source, value):
+    build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    resp = client.put(f"/apps/myapp/builds/{build_id}", data={"ended": value})
+    assert resp.status_code == 400
+    assert "invalid time" in resp.get_json()["error"]
+
+
+def test_put_time_without_a_zone_is_utc(client, source):
+    build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    resp = client.put(f"/apps/myapp/builds/{build_id}", data={"ended": "2026-01-02T03:04:05"})
+    assert resp.get_json()["ended"] == "2026-01-02T03:04:05.000000Z"
+
+
+def test_put_release_must_exist(client, source):
+    build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    resp = client.put(f"/apps/myapp/builds/{build_id}", data={"release": "RNOSUCHRELX"})
+    assert resp.status_code == 404

@@ -67,3 +67,22 @@ def test_unknown_release_and_build(client, myapp):
     resp = client.post("/apps/myapp/releases", data={"build": "BNOSUCHBLDX"})
     assert resp.status_code == 404
     assert client.post("/apps/myapp/releases", data={"env": "no-equals-sign"}).status_code == 400
+
+
+def test_only_a_complete_build_can_be_released(client, rack, myapp):
+    with rack.db.transaction() as conn:
+        builds_sql.insert(
+            conn,
+            id="BFAILEDBLDX",
+            app="myapp",
+            source_url="",
+            options={},
+            description="",
+            git_sha="",
+            manifest="services: {}",
+            status="failed",
+        )
+    resp = client.post("/apps/myapp/releases", data={"build": "BFAILEDBLDX"})
+    assert resp.status_code == 409
+    assert resp.get_json()["error"] == "build BFAILEDBLDX is failed: only a complete build can be released"
+    assert client.get("/apps/myapp/releases").get_json() == []

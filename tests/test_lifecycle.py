@@ -99,3 +99,24 @@ def test_reaper_times_out_builds_past_the_app_limit(client, rack, build):
         )
     [(_, reason)] = lifecycle.reap(rack)
     assert reason == "timeout: the build ran longer than its limit of 5s"
+
+
+def test_cancel_through_another_app_changes_nothing(client, rack, build):
+    client.post("/apps", data={"name": "other"})
+    resp = client.post(f"/apps/other/builds/{build['id']}/cancel")
+    assert resp.status_code == 404
+    with rack.db.transaction() as conn:
+        row = sql.get(conn, app="myapp", id=build["id"])
+        assert row["cancel_requested"] is False
+        assert sql.mark_running(conn, id=build["id"], process="w1") is not None
+
+
+def test_lines_a_worker_writes_after_a_cancel_are_in_neither_the_stream_nor_the_store(client, rack, build):
+    with rack.db.transaction() as conn:
+        sql.mark_running(conn, id=build["id"], process="w1")
+    log = BuildLog(rack.redis, build["id"])
+    log.append("before\n")
+    client.post(f"/apps/myapp/builds/{build['id']}/cancel")
+    log.append("after the cancel\n")  # the worker has not noticed yet
+    assert log.text() == stored_log(client, build["id"])
+    assert b"after the cancel" not in log.text()
