@@ -42,8 +42,11 @@ def save_login(host: str, password: str) -> Path:
     auth_file = folder / "auth"
     auth = json.loads(auth_file.read_text()) if auth_file.exists() else {}
     auth[host] = password
-    auth_file.write_text(json.dumps(auth, indent=2) + "\n")
-    auth_file.chmod(0o600)
+    # Created private: a password file must never be readable by others, not even for a moment.
+    fd = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(auth, indent=2) + "\n")
+    auth_file.chmod(0o600)  # an older file may have been made with other modes
     (folder / "host").write_text(host + "\n")
     return folder
 

@@ -8,6 +8,7 @@ from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound
 from rack.sql import apps as sql
 
+MAX_BUILD_TIMEOUT = 86400
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
 
 
@@ -42,8 +43,8 @@ def parse_timeout(raw: str | None) -> int | None:
         value = int(raw)
     except ValueError:
         raise Invalid(f"timeout must be a whole number of seconds, got {raw!r}") from None
-    if not 1 <= value <= 86400:
-        raise Invalid(f"timeout must be between 1 and 86400 seconds, got {value}")
+    if not 1 <= value <= MAX_BUILD_TIMEOUT:
+        raise Invalid(f"timeout must be between 1 and {MAX_BUILD_TIMEOUT} seconds, got {value}")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from rack.apps import MAX_BUILD_TIMEOUT
 from rack.config import Settings, load_settings
 
 
@@ -20,8 +21,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.build_timeout + 600},
-        task_time_limit=settings.build_timeout + 120,
+        broker_transport_options={"visibility_timeout": MAX_BUILD_TIMEOUT + 600},
+        # The build watch enforces each build's own timeout (an app's may exceed the rack's); this hard
+        # limit only catches a worker stuck past the longest timeout an app may set.
+        task_time_limit=MAX_BUILD_TIMEOUT + 600,
     )
     app.conf.rack_settings = settings
     return app

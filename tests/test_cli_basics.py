@@ -100,3 +100,26 @@ def test_no_rack_configured_says_how_to_log_in(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["apps"])
     assert result.exit_code == 1
     assert "convox login" in result.output
+
+
+def test_login_file_is_created_private(live_server, monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.delenv("RACK_URL", raising=False)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "cfg"))
+    old = os.umask(0o022)
+    try:
+        created = []
+        real_open = os.open
+
+        def spy(path, flags, mode=0o777, *a, **kw):
+            if str(path).endswith("/auth") and flags & os.O_CREAT:
+                created.append(mode)
+            return real_open(path, flags, mode, *a, **kw)
+
+        monkeypatch.setattr(os, "open", spy)
+        host = f"127.0.0.1:{live_server.server.server_port}"
+        assert run("login", host, "--password", live_server.password).exit_code == 0
+    finally:
+        os.umask(old)
+    assert created == [0o600]
