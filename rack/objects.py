@@ -10,17 +10,29 @@ from urllib.parse import urlparse
 from rack import apps
 from rack.context import Rack
 from rack.errors import Invalid, NotFound
+from rack.storage import key_size_problem, shown
+
+MAX_KEY_BYTES = 1024  # S3's limit for a whole key
 
 
 def normalize_key(key: str) -> str:
-    """Clean a key as Convox does (`path.Clean`, leading `/` dropped); refuse `..`; empty → tmp key."""
+    """Clean a key as Convox does (`path.Clean`, leading `/` dropped); refuse `..`; empty → tmp key.
+
+    Keys are at most MAX_KEY_BYTES of UTF-8 (S3's limit), each part at most MAX_PART_BYTES (a file name's).
+    """
     if any(part == ".." for part in (key or "").split("/")):
-        raise Invalid(f"invalid object key {key!r}: '..' is not allowed")
+        raise Invalid(f"invalid object key {shown(key or '')}: '..' is not allowed")
     if "\x00" in (key or ""):
         raise Invalid("invalid object key: NUL byte")
     cleaned = posixpath.normpath("/" + (key or "")).lstrip("/")
     if cleaned in ("", "."):
         return f"tmp/{secrets.token_hex(15)}"
+    try:
+        cleaned.encode()
+    except UnicodeEncodeError:
+        raise Invalid(f"invalid object key {shown(cleaned)}: not valid UTF-8") from None
+    if problem := key_size_problem(cleaned, max_bytes=MAX_KEY_BYTES):
+        raise Invalid(f"invalid object key {shown(cleaned)}: {problem}")
     return cleaned
 
 

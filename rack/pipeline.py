@@ -81,8 +81,9 @@ def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None
 def _store_log(rack: Rack, row: dict, out: Output) -> str:
     try:
         return objects.put_bytes_stream(rack, row["app"], f"build/{row['id']}/logs", io.BytesIO(out.close()))
-    except (RackError, OSError) as exc:
-        log.warning("build %s: the log could not be stored: %s", row["id"], exc)
+    except Exception as exc:  # a lost log must never leave the build `running`: record it without one
+        expected = isinstance(exc, (RackError, OSError))
+        log.warning("build %s: the log could not be stored: %s", row["id"], exc, exc_info=not expected)
         return ""
 
 

@@ -1,4 +1,5 @@
 import io
+from urllib.parse import quote
 
 import pytest
 
@@ -82,3 +83,48 @@ def test_truncated_upload_leaves_no_object(client, myapp, tmp_path):
     assert "truncated" in resp.get_json()["error"]
     assert client.head("/apps/myapp/objects/tmp/cut.tgz").status_code == 404
     assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+
+
+def test_a_folder_of_objects_is_not_an_object(client, myapp):
+    client.post("/apps/myapp/objects/tmp/x.tgz", data=b"x")
+    assert client.get("/apps/myapp/objects/tmp").status_code == 404
+    assert client.head("/apps/myapp/objects/tmp").status_code == 404
+    assert client.delete("/apps/myapp/objects/tmp").status_code == 404
+    assert client.get("/apps/myapp/objects/tmp/x.tgz").data == b"x"
+
+
+def test_keys_clashing_with_stored_objects_are_409_and_leave_nothing(client, myapp, tmp_path):
+    client.post("/apps/myapp/objects/tmp/x.tgz", data=b"x")
+    for key in ("tmp/x.tgz/y", "tmp"):
+        resp = client.post(f"/apps/myapp/objects/{key}", data=b"clash")
+        assert resp.status_code == 409, resp.data
+        assert "conflicts with an existing object" in resp.get_json()["error"]
+    root = tmp_path / "objects"
+    assert [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()] == ["myapp/tmp/x.tgz"]
+    assert client.get("/apps/myapp/objects/tmp/x.tgz").data == b"x"
+
+    # Once the object under it is gone, the key is free again.
+    client.delete("/apps/myapp/objects/tmp/x.tgz")
+    assert client.post("/apps/myapp/objects/tmp", data=b"t").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["tmp/" + "a" * 300, "tmp/" + "é" * 128, "/".join(["b" * 200] * 6)],
+    ids=["300-char-part", "256-byte-part", "1205-byte-key"],
+)
+def test_overlong_keys_are_400(client, myapp, key):
+    path = f"/apps/myapp/objects/{quote(key)}"
+    resp = client.post(path, data=b"x")
+    assert resp.status_code == 400, resp.data
+    assert "at most" in resp.get_json()["error"]
+    assert client.head(path).status_code == 400
+    assert client.get(path).status_code == 400
+    assert client.delete(path).status_code == 400
+
+
+def test_the_longest_keys_allowed_work(client, myapp):
+    key = "/".join(["c" * 255] * 4)  # 1,023 bytes
+    path = f"/apps/myapp/objects/{key}"
+    assert client.post(path, data=b"x").status_code == 200
+    assert client.get(path).data == b"x"

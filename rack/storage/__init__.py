@@ -9,21 +9,30 @@ from rack.config import Settings
 from rack.errors import TooLarge
 
 CHUNK = 1024 * 1024
+MAX_PART_BYTES = 255  # a file name's limit on common filesystems (S3 allows longer; the contract does not)
 
 
 class Store(Protocol):
-    """Where uploads, stored logs and exports live; keys are `/`-separated relative paths."""
+    """Where uploads, stored logs and exports live; keys are `/`-separated relative paths.
+
+    A key that is only a prefix of other keys (`app/tmp` beside `app/tmp/x.tgz`) is no object: reads
+    find nothing there. A key with a part over MAX_PART_BYTES, or longer than the backend holds, can hold
+    no object: `put_stream` raises Invalid and reads find nothing. Failures of the backend itself raise
+    Unavailable, never the backend's own exceptions.
+    """
 
     def put_stream(self, key: str, stream: BinaryIO, *, limit: int | None = None) -> int:
         """Store everything `stream` yields under `key` atomically; return the size.
 
-        Raises TooLarge past `limit` bytes, leaving nothing visible under `key`.
+        Raises TooLarge past `limit` bytes, leaving nothing visible under `key`; an error raised by
+        `stream` itself propagates unchanged.
         """
 
     def open(self, key: str) -> BinaryIO:
         """Open a stored object for reading; FileNotFoundError when there is none."""
 
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under `key`."""
 
     def size(self, key: str) -> int:
         """The stored object's size; FileNotFoundError when there is none."""
@@ -33,6 +42,24 @@ class Store(Protocol):
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with `prefix/`."""
+
+
+def key_size_problem(key: str, *, max_bytes: int | None = None) -> str | None:
+    """Say why `key` is too long to hold an object (a part, or all of it past `max_bytes`); None if not."""
+    parts = [len(part.encode("utf-8", "surrogatepass")) for part in key.split("/")]
+    if max(parts) > MAX_PART_BYTES:
+        return f"a part of it is {max(parts)} bytes long, at most {MAX_PART_BYTES}"
+    size = sum(parts) + len(parts) - 1
+    if max_bytes is not None and size > max_bytes:
+        return f"it is {size} bytes long, at most {max_bytes}"
+    return None
+
+
+def shown(key: str, *, width: int = 60) -> str:
+    """Quote a key for a message, cut short in the middle when it is long."""
+    if len(key) > width:
+        key = f"{key[: width // 2]}…{key[-(width // 2) :]}"
+    return repr(key)
 
 
 def count_chunk(written: int, chunk: bytes, limit: int | None) -> int:
