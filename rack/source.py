@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +32,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHA = re.compile(r"[0-9a-f]{7,40}")
 _scrub = functools.partial(re.compile(r"(://)[^/@\s]+@").sub, r"\1***@")  # hide user:token@ in URLs
+STOP_POLL = 0.25  # seconds between looks at `stop` while git runs
+Stop = Callable[[], bool]
 
 
 _refuse = functools.partial(BuildUserError, CODE)
@@ -77,12 +80,16 @@ class _Peeked:
 class _Body:
     """Read an archive decompressed, counting bytes so a compression bomb stops early."""
 
-    def __init__(self, raw: BinaryIO, limit: int, message: str) -> None:
+    def __init__(self, raw: BinaryIO, limit: int, message: str, stop: Stop | None = None) -> None:
         src = _Peeked(raw)
         self._read = gzip.GzipFile(fileobj=src, mode="rb").read if src.head == b"\x1f\x8b" else src.read
         self._limit, self._message, self._count = limit, message, 0
+        self._stop = stop
 
     def read(self, size: int = -1) -> bytes:
+        # every byte of the archive passes here (tarfile reads 10 KiB records), so a stop is seen promptly
+        if self._stop is not None and self._stop():
+            raise BuildUserError("cancelled", "extracting the source was stopped")
         try:
             data = self._read(size)
         except (EOFError, gzip.BadGzipFile, zlib.error):
@@ -93,15 +100,18 @@ class _Body:
         return data
 
 
-def extract_tarball(fileobj: BinaryIO, dest: Path, *, max_bytes: int, max_entries: int) -> None:
+def extract_tarball(
+    fileobj: BinaryIO, dest: Path, *, max_bytes: int, max_entries: int, stop: Stop | None = None
+) -> None:
     """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
-    # on a refusal dest may hold part of the tree: the caller owns dest and removes it
+    # on a refusal dest may hold part of the tree: the caller owns dest and removes it. `stop` is asked
+    # before each read of the archive; true ends the extraction with BuildUserError("cancelled", ...)
     root = os.path.realpath(dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         if os.listdir(root_fd):
             raise ValueError(f"{dest} must be an empty directory")
-        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries).run(fileobj)
+        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries).run(fileobj, stop)
     finally:
         os.close(root_fd)
 
@@ -116,9 +126,9 @@ class _Extraction:
         self.kinds: dict[str, str] = {}  # archive path -> "dir" | "file" | "link"
         self.symlinks: list[tuple[str, str]] = []
 
-    def run(self, fileobj: BinaryIO) -> None:
+    def run(self, fileobj: BinaryIO, stop: Stop | None = None) -> None:
         slack = self.max_entries * 4 * tarfile.BLOCKSIZE + _MAX_HEADER  # for headers, padding, metadata
-        body = _Body(fileobj, self.max_bytes + slack, self.too_big)
+        body = _Body(fileobj, self.max_bytes + slack, self.too_big, stop)
         try:
             with tarfile.open(fileobj=body, mode="r|", tarinfo=_Member) as tar:
                 for count, member in enumerate(iter(tar.next, None), 1):
@@ -253,9 +263,12 @@ def _parts(name: str, entry: str) -> list[str]:
     return parts
 
 
-def clone_git(url: str, dest: Path, *, timeout: int, allow_local: bool = False) -> str:
+def clone_git(
+    url: str, dest: Path, *, timeout: int, allow_local: bool = False, stop: Stop | None = None
+) -> str:
     """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha."""
-    # local repositories (file:// or a path) need allow_local: a user's URL must not read the worker's disk
+    # local repositories (file:// or a path) need allow_local: a user's URL must not read the worker's disk.
+    # `stop` is asked every STOP_POLL seconds while git runs; true kills git: BuildUserError("cancelled", ...)
     repo, _, ref = url.partition("#")
     if repo.startswith("-") or ref.startswith("-"):
         raise _refuse(f"git url {_scrub(url)!r} is refused: neither repository nor ref may start with '-'")
@@ -267,7 +280,7 @@ def clone_git(url: str, dest: Path, *, timeout: int, allow_local: bool = False) 
     deadline = time.monotonic() + timeout
 
     def git(*args: str, cwd: Path | None = None) -> str:
-        return _git(list(args), cwd=cwd, env=env, deadline=deadline, timeout=timeout)
+        return _git(list(args), cwd=cwd, env=env, deadline=deadline, timeout=timeout, stop=stop)
 
     if _SHA.fullmatch(ref):  # a sha may be any commit, so a shallow clone of the tip would not have it
         git("clone", "--quiet", "--no-checkout", "--", repo, str(dest))
@@ -277,21 +290,40 @@ def clone_git(url: str, dest: Path, *, timeout: int, allow_local: bool = False) 
     return git("rev-parse", "HEAD", cwd=dest).strip()
 
 
-def _git(args: list[str], *, cwd: Path | None, env: dict[str, str], deadline: float, timeout: int) -> str:
-    """Run one git command, killing its whole process group if the build's deadline passes."""
+def _git(
+    args: list[str],
+    *,
+    cwd: Path | None,
+    env: dict[str, str],
+    deadline: float,
+    timeout: int,
+    stop: Stop | None,
+) -> str:
+    """Run one git command, killing its whole process group if the deadline passes or `stop` says so."""
     step, pipes = args[0], {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     try:
         proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, start_new_session=True, **pipes)
     except FileNotFoundError:
         raise BuildPlatformError("platform:source", "git is not installed on this worker") from None
-    try:
-        out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.001))
-    except subprocess.TimeoutExpired:
-        # git's helpers (remote-https, index-pack) hold the pipes too, so kill the group, not just git
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise _refuse(f"git {step} timed out after {timeout}s") from None
+    while True:
+        left = deadline - time.monotonic()
+        try:  # communicate() keeps what it read when it times out, so waiting in slices loses no output
+            out, err = proc.communicate(timeout=max(min(left, STOP_POLL) if stop else left, 0.001))
+            break
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop():
+                _kill(proc)
+                raise BuildUserError("cancelled", f"git {step} was stopped") from None
+            if time.monotonic() >= deadline:
+                _kill(proc)
+                raise _refuse(f"git {step} timed out after {timeout}s") from None
     if proc.returncode:
         tail = "\n".join(err.decode(errors="replace").strip().splitlines()[-10:])
         raise _refuse(f"git {step} failed: {_scrub(tail) or f'exit status {proc.returncode}'}")
     return out.decode(errors="replace")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    # git's helpers (remote-https, index-pack) hold the pipes too, so kill the group, not just git
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()

@@ -297,6 +297,35 @@ def test_gzip_bomb_stops_early(box):
     assert list(outside.iterdir()) == []
 
 
+class Trickle(Counting):
+    """A stream that comes slowly, as an upload read from a slow object store does."""
+
+    def read(self, size: int = -1) -> bytes:
+        time.sleep(0.01)
+        return super().read(min(size, 4096) if size >= 0 else 4096)
+
+
+def test_extraction_stops_when_told(box):
+    dest, outside = box
+    raw = Trickle(archive(*(file(f"f{i}", b"x" * 1000) for i in range(2000)), gz=False))  # 10 s to read
+    started = time.monotonic()
+    with pytest.raises(BuildUserError) as caught:
+        extract_tarball(
+            raw, dest, max_bytes=10 * MiB, max_entries=5000, stop=lambda: time.monotonic() > started + 1
+        )
+    assert caught.value.code == "cancelled"
+    assert time.monotonic() - started < 3
+    assert 0 < len(list(dest.iterdir())) < 2000 and raw.taken < len(raw.data.getvalue()) // 2
+    assert list(outside.iterdir()) == []
+
+
+def test_extraction_with_a_stop_never_true_is_whole(box):
+    dest, _ = box
+    data = archive(*(file(f"f{i}", b"x") for i in range(10)))
+    extract_tarball(io.BytesIO(data), dest, max_bytes=MiB, max_entries=10, stop=lambda: False)
+    assert len(list(dest.iterdir())) == 10
+
+
 def test_metadata_bomb_is_bounded(box):
     dest, outside = box
     members = []
@@ -530,6 +559,24 @@ def test_clone_times_out(tmp_path):
         with pytest.raises(BuildUserError, match=r"^git clone timed out after 1s$"):
             clone_git(f"http://127.0.0.1:{sock.getsockname()[1]}/r.git", tmp_path / "s", timeout=1)
     assert time.monotonic() - started < 10
+
+
+def test_a_stop_kills_a_clone_that_hangs(tmp_path):
+    with socket.socket() as sock:  # accepts connections (kernel backlog) and never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/r.git"
+        started = time.monotonic()
+        with pytest.raises(BuildUserError) as caught:
+            clone_git(url, tmp_path / "s", timeout=600, stop=lambda: time.monotonic() > started + 1)
+        assert time.monotonic() - started < 5
+        assert subprocess.run(["pgrep", "-f", url], check=False).returncode == 1  # git and its helpers
+    assert (caught.value.code, caught.value.message) == ("cancelled", "git clone was stopped")
+
+
+def test_a_clone_with_a_stop_never_true_completes(repo, tmp_path):
+    sha = clone_git(repo["url"] + "#main", tmp_path / "s", timeout=30, allow_local=True, stop=lambda: False)
+    assert sha == repo["second"]
 
 
 def test_missing_git_is_a_platform_error(tmp_path, monkeypatch):
