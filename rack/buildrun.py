@@ -13,7 +13,7 @@ from rack.buildwatch import Watch
 from rack.context import Rack
 from rack.engine import Engine, drain
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
-from rack.logs import BuildLog
+from rack.logs import BuildLog, LogWriter
 from rack.masking import Masker, secret_values
 from rack.source import clone_git, extract_tarball
 from rack.sql import builds as sql
@@ -25,12 +25,13 @@ PARTIAL_MAX = 64 * 1024
 class Output:
     """A build's log as it is written: whole lines to the live stream, masked, and a copy kept here."""
 
-    def __init__(self, build_log: BuildLog) -> None:
+    def __init__(self, build_log: BuildLog, *, writer: LogWriter | None = None) -> None:
         self.build_log = build_log
-        self.writer = build_log.writer()
+        self.writer = writer if writer is not None else build_log.writer()
         self.copy: list[bytes] = []
         self._partial = ""
         self._warned = False
+        self._dropped = False  # a line missed the live stream: the copy is the whole log
         self.text: bytes | None = None  # what close() returned
 
     def write(self, text: str) -> None:
@@ -56,7 +57,9 @@ class Output:
 
     def _send(self, text: str) -> None:
         self.copy.append(self.build_log.masker.mask(text).encode("utf-8", "replace"))
-        for _ in range(2):  # a failed flush raises once, then the writer buffers again and retries
+        # A refused write took nothing, so trying again cannot repeat a line. The first refusal may only
+        # report an earlier failed flush; a second means the writer is full: leave the line to the copy.
+        for _ in range(2):
             try:
                 self.writer.write(text)
                 return
@@ -64,6 +67,11 @@ class Output:
                 if not self._warned:
                     log.warning("build %s: live log unavailable: %s", self.build_log.build_id, exc)
                     self._warned = True
+        if not self._dropped:
+            log.warning(
+                "build %s: lines left out of the live log; storing the worker's copy", self.build_log.build_id
+            )
+            self._dropped = True
 
     @property
     def closed(self) -> bool:
@@ -78,7 +86,7 @@ class Output:
             self._partial = ""
         try:
             self.writer.close()
-            self.text = self.build_log.text()
+            self.text = b"".join(self.copy) if self._dropped else self.build_log.text()
         except Unavailable as exc:
             log.warning("build %s: storing the log kept by the worker: %s", self.build_log.build_id, exc)
             self.text = b"".join(self.copy)
@@ -122,6 +130,10 @@ class BuildRun:
     def check(self) -> None:
         self.watch.check()
 
+    def stopping(self) -> bool:
+        """Tell whether the build must stop (cancelled, taken over or out of time)."""
+        return self.watch.stopped is not None
+
     def run(self) -> None:
         """Fetch the source, read the manifest, then build or pull, tag and push every service."""
         self.fetch_source()
@@ -151,6 +163,13 @@ class BuildRun:
 
     def fetch_source(self) -> None:
         """Extract the uploaded tarball, or clone the git URL, into the source folder."""
+        try:
+            self._fetch_source()
+        except BuildUserError:
+            self.check()  # stopped mid-way: the watch's reason (cancel, timeout, lost) is the cause
+            raise
+
+    def _fetch_source(self) -> None:
         url = self.row["source_url"]
         settings = self.rack.settings
         if url.startswith("object://"):
@@ -168,6 +187,7 @@ class BuildRun:
                     self.src,
                     max_bytes=settings.extract_max_bytes,
                     max_entries=settings.extract_max_entries,
+                    stop=self.stopping,
                 )
         else:
             self.out.line(f"Cloning: {without_credentials(url)}")
@@ -176,6 +196,7 @@ class BuildRun:
                 self.src,
                 timeout=max(1, int(self.watch.remaining())),
                 allow_local=settings.git_allow_local,
+                stop=self.stopping,
             )
 
     def read_manifest(self) -> tuple[str, str]:

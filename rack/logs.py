@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LIVE_TTL = 7 * 24 * 3600
 BATCH_LINES = 1000
 MAX_ENTRY = 16 * 1024
+FULL_WAIT = 2.0  # seconds a write waits for a flusher that is behind before refusing
 _OFFSET = re.compile(r"\d+(-\d+)?")
 Stop = Callable[[], bool]
 
@@ -143,9 +144,11 @@ class BuildLog:
         if added == -1:
             log.warning("dropped %d line(s) appended to %s after its end", len(pairs) // 2, self.key)
 
-    def writer(self, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> LogWriter:
+    def writer(
+        self, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES, full_wait: float = FULL_WAIT
+    ) -> LogWriter:
         """Return a buffered writer that batches appends; close it (or use `with`) before `end`."""
-        return LogWriter(self, flush_ms=flush_ms, flush_lines=flush_lines)
+        return LogWriter(self, flush_ms=flush_ms, flush_lines=flush_lines, full_wait=full_wait)
 
     def end(self, status: str, *, ttl: int) -> None:
         """Append the end entry with the final status and let the stream expire after `ttl` seconds."""
@@ -210,16 +213,29 @@ class BuildLog:
 class LogWriter:
     """Batch appends to one build's log; flush every `flush_ms` or `flush_lines` writes, and on close."""
 
-    # A failed flush keeps its lines (the flusher retries) and makes the next `write` raise its error.
-    def __init__(self, log: BuildLog, *, flush_ms: float = 5, flush_lines: int = BATCH_LINES) -> None:
+    # `write` raises only for data it did not take: the flusher's last error (once, so the producer learns
+    # of an outage), or a buffer still full after `full_wait` seconds. Data it took stays until sent (a
+    # failed flush is retried), so a caller may repeat a refused write without repeating a line. At most
+    # 4 * flush_lines writes wait in the buffer plus one batch in flight: an outage cannot grow memory.
+    def __init__(
+        self,
+        log: BuildLog,
+        *,
+        flush_ms: float = 5,
+        flush_lines: int = BATCH_LINES,
+        full_wait: float = FULL_WAIT,
+    ) -> None:
         self.log = log
         self.flush_s = flush_ms / 1000
         self.flush_lines = flush_lines
-        self._cond = threading.Condition()  # guards the buffer and wakes the flusher
+        self.limit = 4 * flush_lines
+        self.full_wait = full_wait
+        self._cond = threading.Condition()  # guards the buffer; wakes the flusher and a producer waiting
         self._send_lock = threading.Lock()  # held from taking the buffer to sending it: batches stay in order
         self._buf: list[bytes | str] = []
         self._count = 0
         self._first = 0.0
+        self._full = False  # a write waited in vain: refuse at once until the flusher makes room
         self._pending: list[tuple[str, list[bytes | str]]] = []
         self._error: Exception | None = None
         self._closed = False
@@ -240,10 +256,21 @@ class LogWriter:
         data = self.log.encode(text)
         if not data:
             return
-        stamp = str(int(time.time() * 1000))
         with self._cond:
+            if self._count >= self.limit and not self._closed:
+                # The flusher is behind: wait for it rather than grow, but not for every line of an outage.
+                room = not self._full and self._cond.wait_for(
+                    lambda: self._count < self.limit or self._closed, self.full_wait
+                )
+                if not room:
+                    self._full = True
+                    raise Unavailable(
+                        f"{self._count} writes wait for the log store (Redis): this one was not taken"
+                    )
             if self._closed:
                 raise ValueError("write to a closed log writer")
+            self._full = False
+            stamp = str(int(time.time() * 1000))
             buf, before = self._buf, self._count
             if not before:
                 self._first = time.monotonic()
@@ -254,28 +281,30 @@ class LogWriter:
                     buf += (stamp, piece)
             self._count += 1
             if not before or before < self.flush_lines <= self._count:
-                self._cond.notify()
-            full = self._count >= 4 * self.flush_lines
-        if full:
-            self.flush()  # the flusher is behind: make the producer wait for Redis instead of growing
+                self._cond.notify_all()
 
     def flush(self) -> None:
         """Send every buffered line now."""
         with self._send_lock:
+            self._send_pending()  # what a failed flush kept goes first; until then the buffer waits
             with self._cond:
                 flat, self._buf, self._count = self._buf, [], 0
+                self._cond.notify_all()  # room for a producer waiting in write
             if flat:
-                self._pending += self.log._chunks(flat)
-            while self._pending:
-                self.log._send(*self._pending[0])  # on Unavailable the chunk stays pending
-                self._pending.pop(0)
+                self._pending = self.log._chunks(flat)
+                self._send_pending()
             self._error = None
+
+    def _send_pending(self) -> None:
+        while self._pending:
+            self.log._send(*self._pending[0])  # on Unavailable the chunk stays pending
+            self._pending.pop(0)
 
     def close(self) -> None:
         """Flush what is buffered and stop the flusher thread."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join()
         self.flush()
 

@@ -322,3 +322,58 @@ def test_a_writer_keeps_its_lines_while_redis_is_away(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def outage(log: BuildLog) -> threading.Event:
+    """Make the log's appends fail as a refused Redis connection would while the returned event is set."""
+    down = threading.Event()
+    append = log._append_script
+
+    def script(**kw):
+        if down.is_set():
+            raise redis_lib.ConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+        return append(**kw)
+
+    log._append_script = script
+    return down
+
+
+def test_a_short_outage_neither_repeats_nor_loses_a_line(redis_client):
+    from rack.buildrun import Output
+
+    log = new_log(redis_client)
+    down = outage(log)
+    out = Output(log, writer=log.writer(flush_ms=1, flush_lines=2))
+    lines = [f"line {i}\n" for i in range(400)]
+    for i, line in enumerate(lines):
+        if i == 20:
+            down.set()
+            threading.Timer(0.5, down.clear).start()
+        out.write(line)
+        time.sleep(0.002)
+    stored = out.close()
+    assert stored == "".join(lines).encode()
+    assert log.text() == stored  # the live stream too: every line once, in order
+
+
+def test_a_long_outage_keeps_the_writer_small_and_the_stored_log_whole(redis_client, caplog):
+    from rack.buildrun import Output
+
+    log = new_log(redis_client)
+    down = outage(log)
+    writer = log.writer(flush_ms=1, flush_lines=2, full_wait=0.2)
+    out = Output(log, writer=writer)
+    lines = [f"line {i}\n" for i in range(2000)]
+    down.set()
+    began = time.monotonic()
+    for line in lines:
+        out.write(line)
+        held = writer._count + sum(len(pairs) // 2 for _, pairs in writer._pending)
+        assert held <= 2 * writer.limit  # the buffer, plus one batch waiting to be sent
+    assert time.monotonic() - began < 5  # the producer waited for the flusher once, not once a line
+    down.clear()
+    assert out.close() == "".join(lines).encode()  # the worker's copy has what the stream missed
+    assert "lines left out of the live log" in caplog.text
+    live = log.text().decode().splitlines(keepends=True)
+    assert 0 < len(live) < len(lines)
+    assert live == sorted(set(live), key=lines.index)  # no line twice, none out of order
