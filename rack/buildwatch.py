@@ -66,13 +66,16 @@ class Watch:
                 log.exception("interrupting build %s failed", self.build_id)
 
     def _run(self) -> None:
+        # Past the deadline the build is told to stop but keeps its heartbeat until the watch is closed:
+        # a step slow to die, or the final record, must not look like a lost worker to the reaper.
         next_beat = time.monotonic() + self.interval
-        while not self._done.wait(min(self.poll, self.remaining())):
-            if self.remaining() <= 0:
+        timed_out = False
+        while not self._done.wait(self.poll if timed_out else min(self.poll, self.remaining())):
+            if not timed_out and self.remaining() <= 0:
+                timed_out = True
                 self.stop(
                     BuildUserError("timeout", f"the build ran longer than its limit of {self.timeout:g}s")
                 )
-                return
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.interval
                 self.beat()

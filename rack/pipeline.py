@@ -40,28 +40,31 @@ def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
     watch = Watch(rack, build_id=build_id, process=process, timeout=timeout)
     run: BuildRun | None = None
     error: BuildError | None = None
-    try:
-        with watch, Engine(settings) as engine:
-            watch.on_stop(engine.interrupt)
-            run = BuildRun(rack, row, src / "src", out, engine, watch)
-            run.run()
-    except BuildError as exc:
-        error = exc
-    except RackError as exc:  # Postgres, Redis or the store went away mid-build
-        error = BuildPlatformError("platform:unavailable", exc.message)
-    except Exception as exc:
-        log.exception("build %s failed unexpectedly", build_id)
-        error = BuildPlatformError("platform:internal", f"{type(exc).__name__}: {exc}")
-    except BaseException as exc:  # the worker is stopping: leave the build failed, not running
-        error = BuildPlatformError("platform:interrupted", f"the worker stopped ({type(exc).__name__})")
-        _fail(rack, row, out, watch.stopped or error, process=process, run=run)
-        raise
-    finally:
-        shutil.rmtree(src, ignore_errors=True)
-    if error is not None:
-        # Once the build was told to stop, what failed next (a killed step) is a consequence, not the cause.
-        return _fail(rack, row, out, watch.stopped or error, process=process, run=run)
-    return _complete(rack, row, out, run, process=process)
+    # The watch heartbeats until the outcome is recorded: storing the log can take a while, and a build
+    # that looks silent meanwhile would be reaped as worker-lost.
+    with watch:
+        try:
+            with Engine(settings) as engine:
+                watch.on_stop(engine.interrupt)
+                run = BuildRun(rack, row, src / "src", out, engine, watch)
+                run.run()
+        except BuildError as exc:
+            error = exc
+        except RackError as exc:  # Postgres, Redis or the store went away mid-build
+            error = BuildPlatformError("platform:unavailable", exc.message)
+        except Exception as exc:
+            log.exception("build %s failed unexpectedly", build_id)
+            error = BuildPlatformError("platform:internal", f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # the worker is stopping: leave the build failed, not running
+            error = BuildPlatformError("platform:interrupted", f"the worker stopped ({type(exc).__name__})")
+            _fail(rack, row, out, watch.stopped or error, process=process, run=run)
+            raise
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+        if error is not None:
+            # Once the build was told to stop, what failed next (a killed step) is a consequence.
+            return _fail(rack, row, out, watch.stopped or error, process=process, run=run)
+        return _complete(rack, row, out, run, process=process)
 
 
 def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None:

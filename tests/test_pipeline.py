@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -19,7 +20,7 @@ from docker.utils.build import tar
 from rack import apps, builds, objects, pipeline, releases
 from rack.config import load_settings
 from rack.context import Rack
-from rack.db import execute
+from rack.db import execute, fetchone
 from rack.logs import BuildLog
 from rack.sql import builds as builds_sql
 from tests.conftest import run_image
@@ -367,6 +368,64 @@ def test_a_build_past_its_timeout_fails_with_timeout(broken, tmp_path):
     assert row["status"] == "failed"
     assert row["reason"] == "timeout: the build ran longer than its limit of 3s"
     assert "started\n" in build_log(broken, row)
+
+
+def test_a_cancel_stops_a_git_clone_that_hangs(broken):
+    """A cancel stops a clone from a server that never answers, long before the build's timeout."""
+    with broken.db.transaction() as conn:
+        execute(conn, "UPDATE apps SET build_timeout = 60 WHERE name = 'broken'")
+    with socket.socket() as sock:  # accepts connections (kernel backlog) and never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        row = builds.create(broken, "broken", url=f"http://127.0.0.1:{sock.getsockname()[1]}/r.git")
+
+        def cancel_when_cloning() -> None:
+            for entry in BuildLog(broken.redis, row["id"]).follow(block_ms=200):
+                if b"Cloning: " in entry.data:
+                    time.sleep(1)
+                    with broken.db.transaction() as conn:
+                        builds_sql.request_cancel(conn, app="broken", id=row["id"])
+                    return
+
+        canceller = threading.Thread(target=cancel_when_cloning, daemon=True)
+        canceller.start()
+        began = time.monotonic()
+        try:
+            result = pipeline.run_build(broken, row["id"], process="tests:1")
+        finally:
+            with broken.db.transaction() as conn:
+                execute(conn, "UPDATE apps SET build_timeout = NULL WHERE name = 'broken'")
+        canceller.join(5)
+    assert result["reason"] == "cancelled: the build was cancelled"
+    assert time.monotonic() - began < 15  # the worker is free again, not busy until the 60 s timeout
+
+
+def heartbeat(rack: Rack, build_id: str):
+    with rack.db.transaction() as conn:
+        return fetchone(conn, "SELECT heartbeat FROM builds WHERE id = %s", (build_id,))["heartbeat"]
+
+
+@pytest.mark.parametrize("outcome", ["complete", "failed"])
+def test_the_heartbeat_goes_on_while_the_outcome_is_recorded(broken, tmp_path, monkeypatch, outcome):
+    """A slow store of the log must not let the reaper take the build for one whose worker was lost."""
+    folder = write_app(tmp_path, {"convox.yml": "services:\n  tools:\n    image: busybox\n"})
+    if outcome == "failed":
+        (folder / "convox.yml").write_text("services: [not, a, map]\n")
+    row = builds.create(broken, "broken", url=upload(broken, "broken", folder))
+    put_stream = broken.store.put_stream
+    beats = []
+
+    def slow_put_stream(key, *args, **kwargs):
+        if key.endswith(f"build/{row['id']}/logs"):
+            beats.append(heartbeat(broken, row["id"]))
+            time.sleep(2.5)  # the heartbeat interval here is 1 s
+            beats.append(heartbeat(broken, row["id"]))
+        return put_stream(key, *args, **kwargs)
+
+    monkeypatch.setattr(broken.store, "put_stream", slow_put_stream)
+    done = pipeline.run_build(broken, row["id"], process="tests:1")
+    assert done["status"] == outcome, done["reason"]
+    assert len(beats) == 2 and beats[1] > beats[0]
 
 
 def test_a_missing_source_object_is_a_user_error(broken):
