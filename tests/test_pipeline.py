@@ -281,20 +281,30 @@ SLOW = {
 }
 
 
+def when_started(rack: Rack, build_id: str, action) -> threading.Thread:
+    """Run `action()` in a thread as soon as the build's log shows its slow step started."""
+
+    def watch() -> None:
+        for entry in BuildLog(rack.redis, build_id).follow(block_ms=200):
+            if b"started\n" in entry.data:
+                action()
+                return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def request_cancel(rack: Rack, row: dict) -> None:
+    with rack.db.transaction() as conn:
+        builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
+
+
 def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client):
     url = upload(broken, "broken", write_app(tmp_path, SLOW))
     row = builds.create(broken, "broken", url=url)
 
-    def cancel_when_started() -> None:
-        stream = BuildLog(broken.redis, row["id"])
-        for entry in stream.follow(block_ms=200):
-            if b"started\n" in entry.data:
-                with broken.db.transaction() as conn:
-                    builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
-                return
-
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
-    canceller.start()
+    canceller = when_started(broken, row["id"], lambda: request_cancel(broken, row))
     began = time.monotonic()
     result = pipeline.run_build(broken, row["id"], process="tests:1")
     canceller.join(5)
@@ -311,15 +321,7 @@ def test_a_cancel_is_seen_between_heartbeats(broken, tmp_path, docker_client):
     url = upload(slow_beats, "broken", write_app(tmp_path, SLOW))
     row = builds.create(slow_beats, "broken", url=url)
 
-    def cancel_when_started() -> None:
-        for entry in BuildLog(slow_beats.redis, row["id"]).follow(block_ms=200):
-            if b"started\n" in entry.data:
-                with slow_beats.db.transaction() as conn:
-                    builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
-                return
-
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
-    canceller.start()
+    canceller = when_started(slow_beats, row["id"], lambda: request_cancel(slow_beats, row))
     began = time.monotonic()
     try:
         result = pipeline.run_build(slow_beats, row["id"], process="tests:1")
@@ -337,14 +339,8 @@ def test_a_build_ended_elsewhere_stops_and_leaves_the_outcome_alone(broken, tmp_
     url = upload(broken, "broken", write_app(tmp_path, SLOW))
     row = builds.create(broken, "broken", url=url)
 
-    def cancel_when_started() -> None:
-        for entry in BuildLog(broken.redis, row["id"]).follow(block_ms=200):
-            if b"started\n" in entry.data:
-                lifecycle.cancel(broken, "broken", row["id"])  # fails the build and ends its log itself
-                return
-
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
-    canceller.start()
+    # lifecycle.cancel fails the build and ends its log itself
+    canceller = when_started(broken, row["id"], lambda: lifecycle.cancel(broken, "broken", row["id"]))
     began = time.monotonic()
     assert pipeline.run_build(broken, row["id"], process="tests:1") is None
     canceller.join(5)
