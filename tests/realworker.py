@@ -138,6 +138,15 @@ class Proc:
             time.sleep(0.05)
 
 
+def wait_for(predicate, *, timeout: float, what: str):
+    """Wait until `predicate()` is truthy and return its value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
 def start_worker(env: Mapping[str, str], *, name: str, log_dir: Path, concurrency: int = 1) -> Proc:
     """Start a Celery worker of the rack named `name@<host>` and wait until it is ready."""
     argv = [

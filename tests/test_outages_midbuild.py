@@ -10,7 +10,7 @@ import secrets
 import time
 
 import pytest
-from realworker import Workers, tarball, worker_env_for
+from realworker import Workers, tarball, wait_for, worker_env_for
 
 from rack import builds, objects
 from rack.config import load_settings
@@ -36,14 +36,6 @@ def worker_env(docker_stack, settings, rack, monkeypatch):
 def worker(worker_env, tmp_path):
     with Workers(worker_env, tmp_path) as workers:
         yield workers.start("wo")[0]
-
-
-def wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def upload(client, app: str) -> tuple[str, str]:

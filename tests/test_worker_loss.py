@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from conftest import basic
-from realworker import FAST_HEARTBEAT, Workers, tarball, worker_env_for
+from realworker import FAST_HEARTBEAT, Workers, tarball, wait_for, worker_env_for
 
 from rack import buildlogs, builds, objects, pipeline
 from rack.config import load_settings
@@ -47,14 +47,6 @@ def submit(client, app: str, files: dict[str, str]) -> str:
     resp = client.post(f"/apps/{app}/builds", data={"url": url})
     assert resp.status_code == 200, resp.data
     return resp.get_json()["id"]
-
-
-def wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 class HttpFollower(threading.Thread):
