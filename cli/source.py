@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from docker.utils.build import create_archive, exclude_paths
-
 CHUNK = 1024 * 1024
 
 
@@ -30,6 +28,8 @@ def source_files(root: str | os.PathLike, *, manifest: str = "convox.yml") -> li
     """
     patterns = read_dockerignore(root)
     keep = [f"!{manifest}"] if manifest and not os.path.isabs(manifest) else []
+    from docker.utils.build import exclude_paths  # imported when packaging: keeps other commands quick
+
     return sorted(exclude_paths(str(root), [*patterns, *keep]))
 
 
@@ -41,6 +41,8 @@ def package(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> Bi
     fh = tempfile.TemporaryFile(prefix="convox-source-", suffix=".tgz")
     try:
         # tarfile streams each member from disk into the gzip writer: memory stays flat for any size.
+        from docker.utils.build import create_archive
+
         create_archive(root, files=source_files(root, manifest=manifest), fileobj=fh, gzip=True)
     except BaseException:
         fh.close()
