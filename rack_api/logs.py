@@ -2,9 +2,9 @@
 
 Options come from the query string or, as Convox's client sends them on a websocket, from headers:
 `offset` (bytes of the log to skip, default 0) and `follow` (default true; `false` stops at what exists).
-The chunked body is the log's bytes and nothing else (`X-Build-Status` tells the status when it began).
-A websocket also carries notices such as "waiting for a worker", as Convox's does, unless the request names
-an offset: a client that counts bytes to resume passes `offset` (even 0) and receives log bytes only.
+Both carry notices for a person, such as "waiting for a worker" (a websocket does so in Convox too), unless
+the request names an offset: a client that counts bytes to resume passes `offset` (even 0) and receives
+log bytes only. `X-Build-Status` on a chunked answer tells the build's status when it began.
 Websocket frames are text: the log is decoded as UTF-8 (a character split across reads is kept whole;
 invalid bytes become U+FFFD), so resume a websocket at a character boundary, as counting the bytes of
 whole frames received always gives.
@@ -43,7 +43,7 @@ def logs(app: str, build_id: str):
     if request.url_rule is not None and request.url_rule.websocket:  # werkzeug saw `Upgrade: websocket`
         return _websocket(stream, client, notices)
     client.sock = _http_socket(request.environ)
-    body = stream_with_context(_chunks(stream))
+    body = stream_with_context(_chunks(stream, notices))
     headers = {"X-Build-Status": stream.build["status"], "Cache-Control": "no-store"}
     headers["X-Accel-Buffering"] = "no"  # a proxy such as nginx passes each line on as it comes
     return Response(body, mimetype="text/plain", headers=headers)
@@ -89,12 +89,14 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
-def _chunks(stream: buildlogs.LogStream):
+def _chunks(stream: buildlogs.LogStream, notices: bool):
     yield b""  # sends the headers now: a build waiting for a worker may not log anything for a while
     try:
         for chunk in stream:
             if not isinstance(chunk, buildlogs.Notice):
                 yield chunk
+            elif notices:  # for a person (curl); a client that counts bytes names an offset and gets none
+                yield str(chunk).encode()
     except RackError as exc:
         # Cut the response short (no last chunk): the client sees a broken stream, never a complete log.
         log.warning("log of build %s cut short: %s", stream.build["id"], exc.message)
