@@ -13,7 +13,8 @@ from rack.db import Database
 from rack.storage import Store, open_store
 
 
-def _no_queue(build_id: str) -> None:
+def no_queue(build_id: str) -> None:
+    """Refuse to enqueue: the default for processes that do not hand builds to workers."""
     raise RuntimeError("this process cannot enqueue builds")
 
 
@@ -22,7 +23,7 @@ class Rack:
     """Settings plus lazily opened connections; nothing connects until first used."""
 
     settings: Settings
-    enqueue_build: Callable[[str], None] = field(default=_no_queue)
+    enqueue_build: Callable[[str], None] = field(default=no_queue)
 
     @cached_property
     def db(self) -> Database:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from rack.config import Settings, load_settings
-from rack.context import Rack
+from rack.context import Rack, no_queue
 
 
 def create_app(settings: Settings | None = None, *, rack: Rack | None = None) -> Flask:
@@ -16,7 +16,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     app.wsgi_app = _collapse_slashes(app.wsgi_app)
     if rack is None:
         rack = Rack(settings or load_settings())
-    if rack.enqueue_build.__name__ == "_no_queue":
+    if rack.enqueue_build is no_queue:
         rack.enqueue_build = queue.enqueue_build_for(rack.settings)
     app.extensions["rack"] = rack
 
