@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -34,6 +35,7 @@ def stack():
     db.close()
     yield s
     s.stop()
+    shutil.rmtree(s.home, ignore_errors=True)  # everything in it was the session's
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def second_engine():
     yield stack
     client.close()
     stack.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
