@@ -20,3 +20,8 @@ def resolve_app(app: str | None, folder: str | os.PathLike = ".") -> str:
         if name:
             return name
     return Path(os.path.realpath(folder)).name
+
+
+def subcommand_app(ctx: click.Context, app: str | None) -> str:
+    """Return the subcommand's `-a`, else its group's `-a`, else the default app."""
+    return resolve_app(app or (ctx.obj or {}).get("app"))

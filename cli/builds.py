@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.appname import app_option, resolve_app
+from cli.appname import app_option, resolve_app, subcommand_app
 from cli.client import RackClient
 from cli.output import ago, elapsed, info, table
 
@@ -47,7 +47,7 @@ def format_images(images: dict) -> str:
 @click.pass_context
 def build_info(ctx: click.Context, build_id: str, app: str | None) -> None:
     """Show a build."""
-    app = resolve_app(app or ctx.obj.get("app"))
+    app = subcommand_app(ctx, app)
     b = RackClient().get(f"/apps/{app}/builds/{build_id}")
     rows = [
         ("Id", b["id"]),
@@ -70,7 +70,7 @@ def build_info(ctx: click.Context, build_id: str, app: str | None) -> None:
 @click.pass_context
 def build_cancel(ctx: click.Context, build_id: str, app: str | None) -> None:
     """Cancel a build: a queued one never runs, a running one is stopped."""
-    app = resolve_app(app or ctx.obj.get("app"))
+    app = subcommand_app(ctx, app)
     click.echo(f"Cancelling {build_id}... ", nl=False)
     b = RackClient().post(f"/apps/{app}/builds/{build_id}/cancel")
     click.echo("OK" if b["reason"].startswith("cancelled") else f"already {b['status']}")

@@ -29,7 +29,7 @@ class RackClient:
             resp = self.session.request(method, self.url(path), **kw)
         except requests.ConnectionError as exc:
             raise click.ClickException(
-                f"cannot reach the rack at {self.endpoint.url}: {_short(exc)}"
+                f"cannot reach the rack at {self.endpoint.url}: {short(exc)}"
             ) from None
         except requests.Timeout:
             raise click.ClickException(f"the rack at {self.endpoint.url} did not answer in time") from None
@@ -64,6 +64,7 @@ def check(resp: requests.Response) -> None:
     raise click.ClickException(message.strip())
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "…"
+def short(exc: Exception, limit: int = 200) -> str:
+    """An exception as one readable piece of text, cut at `limit` characters."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < limit else text[:limit] + "…"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.appname import app_option, resolve_app
+from cli.appname import app_option, resolve_app, subcommand_app
 from cli.client import RackClient
 
 
@@ -39,10 +39,6 @@ def latest_env(client: RackClient, app: str) -> dict[str, str]:
     return parse_env(newest[0]["env"]) if newest else {}
 
 
-def _app(ctx: click.Context, app: str | None) -> str:
-    return resolve_app(app or (ctx.obj or {}).get("app"))
-
-
 @click.group(invoke_without_command=True)
 @app_option
 @click.pass_context
@@ -60,7 +56,7 @@ def env(ctx: click.Context, app: str | None) -> None:
 @click.pass_context
 def get(ctx: click.Context, key: str, app: str | None) -> None:
     """Print one environment variable's value."""
-    current = latest_env(RackClient(), _app(ctx, app))
+    current = latest_env(RackClient(), subcommand_app(ctx, app))
     if key not in current:
         raise click.ClickException(f"env not found: {key}")
     click.echo(current[key])
@@ -101,7 +97,7 @@ def set_(ctx: click.Context, pairs: tuple[str, ...], app: str | None, replace: b
     changes = dict(parse_assignment(p) for p in pairs)
     if not changes and not replace:
         raise click.UsageError("nothing to set: give KEY=VALUE arguments")
-    app = _app(ctx, app)
+    app = subcommand_app(ctx, app)
     client = RackClient()
     click.echo(f"Setting {', '.join(sorted(changes))}... ", nl=False, err=kw["id_only"])
     new_env = {} if replace else latest_env(client, app)
@@ -116,7 +112,7 @@ def set_(ctx: click.Context, pairs: tuple[str, ...], app: str | None, replace: b
 @click.pass_context
 def unset(ctx: click.Context, keys: tuple[str, ...], app: str | None, **kw) -> None:
     """Remove environment variables in a new release."""
-    app = _app(ctx, app)
+    app = subcommand_app(ctx, app)
     client = RackClient()
     click.echo(f"Unsetting {', '.join(sorted(set(keys)))}... ", nl=False, err=kw["id_only"])
     new_env = latest_env(client, app)

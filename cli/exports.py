@@ -15,7 +15,7 @@ from typing import BinaryIO
 import click
 import requests
 
-from cli.appname import app_option, resolve_app
+from cli.appname import app_option, subcommand_app
 from cli.builds import builds
 from cli.client import RackClient
 from cli.source import Upload
@@ -35,7 +35,7 @@ TIMEOUT = (30, 3600)
 @click.pass_context
 def build_export(ctx: click.Context, build_id: str, app: str | None, path: str | None) -> None:
     """Export a complete build and its images as a .tgz."""
-    app = resolve_app(app or ctx.obj.get("app"))
+    app = subcommand_app(ctx, app)
     stdout = click.get_binary_stream("stdout")
     if path is None and stdout.isatty():
         raise click.ClickException("pipe this command into a file or specify --file")
@@ -71,7 +71,7 @@ def chunks(fh: BinaryIO) -> Iterator[bytes]:
 @click.pass_context
 def build_import(ctx: click.Context, app: str | None, path: str | None, id_only: bool) -> None:
     """Import a build made by `convox builds export` (of any app or rack) as a new build and release."""
-    app = resolve_app(app or ctx.obj.get("app"))
+    app = subcommand_app(ctx, app)
     stdin = click.get_binary_stream("stdin")
     if path is None and stdin.isatty():
         raise click.ClickException("pipe a file into this command or specify --file")

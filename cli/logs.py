@@ -13,9 +13,9 @@ from typing import BinaryIO
 import click
 import requests
 
-from cli.appname import app_option, resolve_app
+from cli.appname import app_option, subcommand_app
 from cli.builds import builds
-from cli.client import RackClient, check
+from cli.client import RackClient, check, short
 
 FINAL = ("complete", "failed")
 ATTEMPTS = 8  # consecutive failures to reach the rack before giving up (about 30 s with the backoff)
@@ -98,7 +98,7 @@ def _stream(
             return sent, True
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
         if not connected:
-            raise _Unreachable(_short(exc)) from None
+            raise _Unreachable(short(exc, 160)) from None
         return sent, False
 
 
@@ -106,7 +106,7 @@ def _get_build(client: RackClient, app: str, build_id: str) -> dict:
     try:
         resp = client.session.get(client.url(f"/apps/{app}/builds/{build_id}"), timeout=(10, 30))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _Unreachable(_short(exc)) from None
+        raise _Unreachable(short(exc, 160)) from None
     if resp.status_code >= 500:
         raise _Unreachable(f"{resp.status_code} {_error(resp)}")
     check(resp)
@@ -120,11 +120,6 @@ def _error(resp: requests.Response) -> str:
         return resp.reason
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 160 else text[:160] + "…"
-
-
 @builds.command(name="logs")
 @click.argument("build_id", metavar="ID")
 @app_option
@@ -132,7 +127,7 @@ def _short(exc: Exception) -> str:
 @click.pass_context
 def builds_logs(ctx: click.Context, build_id: str, app: str | None, no_follow: bool) -> None:
     """Show a build's log, following it until the build ends; exit non-zero if the build failed."""
-    app = resolve_app(app or (ctx.obj or {}).get("app"))
+    app = subcommand_app(ctx, app)
     build = follow_build(
         RackClient(), app, build_id, out=click.get_binary_stream("stdout"), follow=not no_follow
     )

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli.appname import app_option, resolve_app
+from cli.appname import app_option, resolve_app, subcommand_app
 from cli.client import RackClient
 from cli.output import ago, info, table
-
-
-def _app(ctx: click.Context, app: str | None) -> str:
-    """The subcommand's `-a`, else the group's, else the default."""
-    return resolve_app(app or (ctx.obj or {}).get("app"))
 
 
 @click.group(invoke_without_command=True)
@@ -48,7 +43,7 @@ def mask_env(env: str) -> str:
 @click.pass_context
 def release_info(ctx: click.Context, release_id: str, app: str | None, reveal: bool) -> None:
     """Show a release."""
-    r = RackClient().get(f"/apps/{_app(ctx, app)}/releases/{release_id}")
+    r = RackClient().get(f"/apps/{subcommand_app(ctx, app)}/releases/{release_id}")
     env = r["env"] or ""
     if not reveal and click.get_text_stream("stdout").isatty():
         env = mask_env(env)
@@ -69,7 +64,7 @@ def release_info(ctx: click.Context, release_id: str, app: str | None, reveal: b
 @click.pass_context
 def manifest(ctx: click.Context, release_id: str, app: str | None) -> None:
     """Print a release's manifest."""
-    r = RackClient().get(f"/apps/{_app(ctx, app)}/releases/{release_id}")
+    r = RackClient().get(f"/apps/{subcommand_app(ctx, app)}/releases/{release_id}")
     click.echo(r["manifest"], nl=not r["manifest"].endswith("\n"))
 
 
@@ -80,7 +75,7 @@ def manifest(ctx: click.Context, release_id: str, app: str | None) -> None:
 @click.pass_context
 def promote(ctx: click.Context, release_id: str | None, app: str | None, force: bool) -> None:
     """Make a release active (the newest when no ID is given)."""
-    app = _app(ctx, app)
+    app = subcommand_app(ctx, app)
     client = RackClient()
     if not release_id:
         newest = client.get(f"/apps/{app}/releases", params={"limit": 1})
@@ -100,7 +95,7 @@ def promote(ctx: click.Context, release_id: str | None, app: str | None, force: 
 @click.pass_context
 def rollback(ctx: click.Context, release_id: str, app: str | None, force: bool, id_only: bool) -> None:
     """Create a release with an old one's build and env, and promote it."""
-    app = _app(ctx, app)
+    app = subcommand_app(ctx, app)
     click.echo(f"Rolling back to {release_id}... ", nl=False, err=id_only)
     new = RackClient().post(f"/apps/{app}/releases/{release_id}/rollback")
     click.echo(f"OK, {new['id']}", err=id_only)
