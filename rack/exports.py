@@ -284,7 +284,7 @@ def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
                 digest = drain(engine.push(tag), say)
                 images[service] = {"image": tag, "digest": digest}
     say(f"Imported {len(images)} image(s) as build {build_id}\n")
-    logs = objects.put_bytes_stream(rack, app, f"build/{build_id}/logs", io.BytesIO("".join(lines).encode()))
+    logs = objects.store_build_log(rack, app, build_id, "".join(lines).encode())
     fields = {"logs": logs, "images": images, "entrypoint": source.get("entrypoint") or "", "started": began}
     copied = {"description": source.get("description") or "", "git_sha": source.get("git-sha") or ""}
     origin = {"imported_from": {"app": source.get("app"), "build": source["id"]}}
@@ -297,5 +297,5 @@ def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
             fields["release"] = release["id"]
             return sql.finish(conn, id=build_id, status="complete", fields=fields)
     except BaseException:
-        rack.store.delete(f"{app}/build/{build_id}/logs")
+        rack.store.delete(f"{app}/{objects.build_log_key(build_id)}")
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
 from rack import apps, objects
@@ -19,13 +18,12 @@ TIMEOUT_GRACE = 60
 
 
 def logs_url(row: dict) -> str:
-    return objects.url(row["app"], f"build/{row['id']}/logs")
+    return objects.url(row["app"], objects.build_log_key(row["id"]))
 
 
 def store_log(rack: Rack, row: dict) -> None:
     """Copy the build's stream into the object store, where finished builds' logs are read from."""
-    text = BuildLog(rack.redis, row["id"]).text()
-    objects.put_bytes_stream(rack, row["app"], f"build/{row['id']}/logs", io.BytesIO(text))
+    objects.store_build_log(rack, row["app"], row["id"], BuildLog(rack.redis, row["id"]).text())
 
 
 def fail(

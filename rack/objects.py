@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import posixpath
 import secrets
 from typing import BinaryIO
@@ -65,6 +66,16 @@ def put_bytes_stream(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
     key = normalize_key(key)
     rack.store.put_stream(_store_key(app, key), body)
     return url(app, key)
+
+
+def build_log_key(build_id: str) -> str:
+    """Where a finished build's whole log is stored, as one of its app's objects."""
+    return f"build/{build_id}/logs"
+
+
+def store_build_log(rack: Rack, app: str, build_id: str, text: bytes) -> str:
+    """Store a build's whole log; return its object URL (the build's `logs` field)."""
+    return put_bytes_stream(rack, app, build_log_key(build_id), io.BytesIO(text))
 
 
 def open_object(rack: Rack, app: str, key: str) -> BinaryIO:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -83,7 +82,7 @@ def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None
 
 def _store_log(rack: Rack, row: dict, out: Output) -> str:
     try:
-        return objects.put_bytes_stream(rack, row["app"], f"build/{row['id']}/logs", io.BytesIO(out.close()))
+        return objects.store_build_log(rack, row["app"], row["id"], out.close())
     except Exception as exc:  # a lost log must never leave the build `running`: record it without one
         expected = isinstance(exc, (RackError, OSError))
         log.warning("build %s: the log could not be stored: %s", row["id"], exc, exc_info=not expected)
