@@ -30,12 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from docker.utils.build import tar  # noqa: E402
 
-from rack import apps, builds, objects, pipeline, releases  # noqa: E402
+from rack import apps, objects, releases  # noqa: E402
+from rack.builds import record as builds  # noqa: E402
 from rack.config import load_settings  # noqa: E402
 from rack.context import Rack  # noqa: E402
 from rack.db import Database  # noqa: E402
-from rack.engine import split_image  # noqa: E402
 from rack.migrate import migrate  # noqa: E402
+from rack.pipeline import run as pipeline  # noqa: E402
+from rack.pipeline.engine.classic import split_image  # noqa: E402
 from rack_stack import Stack  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "myapp"

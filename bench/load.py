@@ -33,13 +33,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import requests  # noqa: E402
 import websocket  # noqa: E402
-from realworker import rack_env, start_worker  # noqa: E402
 
 from rack_stack import Stack  # noqa: E402
+from tests.helpers import rack_env, start_worker  # noqa: E402
 
 APP = "load"
 LINES = 40

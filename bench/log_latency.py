@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import websocket  # noqa: E402
 from log_stream import PAD  # noqa: E402
 
-from rack import apps, builds, objects  # noqa: E402
+from rack import apps, objects  # noqa: E402
+from rack.builds import record as builds  # noqa: E402
 from rack.config import load_settings  # noqa: E402
 from rack.context import Rack  # noqa: E402
-from rack.logs import BuildLog  # noqa: E402
+from rack.logs.stream import BuildLog  # noqa: E402
 from rack.sql import builds as sql  # noqa: E402
 from rack_stack import Stack  # noqa: E402
 

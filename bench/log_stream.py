@@ -26,7 +26,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rack.logs import BuildLog  # noqa: E402
+from rack.logs.stream import BuildLog  # noqa: E402
 
 DEADLINE_S = 50  # every phase gives up by then, so the whole run stays under a minute
 PAD = "#" * 60  # lines of ~80 bytes, like a Docker build's

@@ -94,7 +94,7 @@ def git_details(directory: str, description: str | None) -> tuple[str, str]:
     return description, sha
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -13,7 +13,9 @@ from cli.settings import Endpoint, current
 class RackClient:
     """A session against one rack endpoint."""
 
-    def __init__(self, endpoint: Endpoint | None = None, *, timeout: float = 60) -> None:
+    def __init__(
+        self, endpoint: Endpoint | None = None, *, timeout: float | tuple[float, float] = 60
+    ) -> None:
         self.endpoint = endpoint or current()
         self.session = requests.Session()
         self.session.auth = ("convox", self.endpoint.password)

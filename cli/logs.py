@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Protocol
 
 import click
 import requests
@@ -27,12 +27,20 @@ class _Unreachable(Exception):
     """The rack did not answer (refused, reset, timed out, or 5xx)."""
 
 
+class Writer(Protocol):
+    """Where a followed log goes: a binary file, or anything that writes and flushes bytes like one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 def follow_build(
     client: RackClient,
     app: str,
     build_id: str,
     *,
-    out: BinaryIO,
+    out: Writer,
     follow: bool = True,
     attempts: int = ATTEMPTS,
     backoff: float = BACKOFF,
@@ -74,7 +82,7 @@ def _stream(
     app: str,
     build_id: str,
     *,
-    out: BinaryIO,
+    out: Writer,
     offset: int,
     follow: bool,
     started: Callable[[str], None],

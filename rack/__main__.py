@@ -1,4 +1,4 @@
-"""`rack` operator commands: `rack migrate`, `rack reap`."""
+"""`rack` operator commands: `rack migrate`, `rack reasons`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def migrate() -> None:
     finally:
         db.close()
     click.echo(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else ""))
+
+
+@main.command()
+def reasons() -> None:
+    """Print every failure reason code as the README's Markdown table."""
+    from rack.reasons import table
+
+    click.echo(table(), nl=False)
 
 
 if __name__ == "__main__":

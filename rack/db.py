@@ -89,6 +89,14 @@ def fetchone(conn, sql: str, params: dict | tuple = ()) -> dict | None:
         return dict(row) if row is not None else None
 
 
+def returning(conn, sql: str, params: dict | tuple = ()) -> dict:
+    """Run an INSERT or UPDATE ... RETURNING that always yields a row, and return that row as a dict."""
+    row = fetchone(conn, sql, params)
+    if row is None:
+        raise RuntimeError("the statement returned no row")
+    return row
+
+
 def fetchall(conn, sql: str, params: dict | tuple = ()) -> list[dict]:
     """Run a query and return every row as a dict."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rack.reasons import Reason
+
 
 class RackError(Exception):
     """Base of every error the domain raises on purpose."""
@@ -58,17 +60,17 @@ class Unavailable(RackError):
 
 
 class BuildError(RackError):
-    """A build failed; `code` is stable (e.g. `build:user:dockerfile`), the message is for a person."""
+    """A build failed; `code` is a stable `Reason` (see rack/reasons.py), the message is for a person."""
 
     kind = "app"
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Reason, message: str) -> None:
         super().__init__(message)
         self.code = code
 
     @property
     def reason(self) -> str:
-        return f"{self.code}: {self.message}"
+        return self.code(self.message)
 
 
 class BuildUserError(BuildError):

@@ -17,16 +17,15 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import docker.errors
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from rack import apps, builds, objects, releases
+from rack import apps, objects, releases
+from rack.builds import record as builds
 from rack.context import Rack
-from rack.dockerstream import drain, engine_errors
-from rack.engine import Engine
 from rack.errors import (
     BadGateway,
     BuildError,
@@ -37,6 +36,9 @@ from rack.errors import (
     Unavailable,
 )
 from rack.ids import new_id
+from rack.pipeline.engine.classic import Engine
+from rack.pipeline.engine.stream import drain, engine_errors
+from rack.reasons import Reason
 from rack.sql import builds as sql
 
 CHUNK = 1024 * 1024
@@ -52,7 +54,7 @@ def _platform_errors() -> Iterator[None]:
     try:
         yield
     except BuildError as exc:  # a user error here is a refused pull: the image is gone from the registry
-        if exc.code == "platform:registry" or isinstance(exc, BuildUserError):
+        if exc.code == Reason.REGISTRY or isinstance(exc, BuildUserError):
             raise BadGateway(exc.message) from exc
         raise Unavailable(exc.message) from exc
 
@@ -163,7 +165,7 @@ def read_archive(body: BinaryIO, folder: Path, *, limit: int, max_bytes: int) ->
     """Stream an export: return its build.json and each service's image tar, spooled into `folder`."""
     raw, source, tars, total = Gunzip(body, limit=limit), None, {}, 0
     try:
-        with tarfile.open(fileobj=raw, mode="r|") as tar:
+        with tarfile.open(fileobj=cast(BinaryIO, raw), mode="r|") as tar:
             for member in tar:
                 name = member.name.removeprefix("./")
                 if not member.isfile():
@@ -172,6 +174,8 @@ def read_archive(body: BinaryIO, folder: Path, *, limit: int, max_bytes: int) ->
                 if total > max_bytes:
                     raise TooLarge(f"the import unpacks to more than the limit of {max_bytes} bytes")
                 fh = tar.extractfile(member)
+                if fh is None:  # isfile() members always have data
+                    continue
                 if name == "build.json":
                     if member.size > JSON_MAX:
                         raise Invalid(f"build.json is larger than {JSON_MAX} bytes")
@@ -267,7 +271,8 @@ def _load(engine: Engine, path: Path, ident: tuple[str, list[str]], tag: str, sa
 def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
     """Import an exported build into `app`: load, tag and push its images, then record it and its release."""
     apps.get(rack, app)
-    began, settings, build_id, lines = datetime.now(UTC), rack.settings, new_id("B"), []
+    began, settings, build_id = datetime.now(UTC), rack.settings, new_id("B")
+    lines: list[str] = []
     say = lines.append  # the log: lines of our own and the push's condensed progress, each ending in \n
     images = {}
     with tempfile.TemporaryDirectory(prefix="rack-import-") as tmp:
@@ -295,7 +300,10 @@ def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
             sql.insert(conn, id=build_id, app=app, source_url="", options=origin, manifest=manifest, **copied)
             release = releases.create_in(conn, app=app, build=build_id)
             fields["release"] = release["id"]
-            return sql.finish(conn, id=build_id, status="complete", fields=fields)
+            done = sql.finish(conn, id=build_id, status="complete", fields=fields)
+            if done is None:
+                raise Conflict(f"build {build_id} was ended while it was imported")
+            return done
     except BaseException:
         rack.store.delete(f"{app}/{objects.build_log_key(build_id)}")
         raise

@@ -9,12 +9,14 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Mapping
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
-from rack import apps, builds
+from rack import apps
+from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import Invalid, NotFound, TooLarge, Unauthorized
 from rack.ids import check_id, new_id
+from rack.scrub import scrub
 from rack.sql import webhooks as sql
 from rack.timefmt import rfc3339
 
@@ -29,7 +31,7 @@ def serialize(row: dict, *, secret: bool = False) -> dict:
     out = {
         "id": row["id"],
         "app": row["app"],
-        "repo": _without_credentials(row["repo"]),
+        "repo": scrub(row["repo"]),
         "branch": row["branch"],
         "promote": row["promote"],
         "url": f"/webhooks/{row['id']}",
@@ -48,7 +50,7 @@ def check_repo(rack: Rack, repo: str) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in repo) or repo.startswith("-"):
         raise Invalid(f"repo {repo!r} is not a URL")
     if "#" in repo:
-        raise Invalid(f"repo {_without_credentials(repo)!r} has a #ref: the commit comes from each push")
+        raise Invalid(f"repo {scrub(repo)!r} has a #ref: the commit comes from each push")
     parts = urlsplit(repo)
     if parts.scheme == "file":
         if not rack.settings.git_allow_local:
@@ -57,7 +59,7 @@ def check_repo(rack: Rack, repo: str) -> str:
             raise Invalid(f"repo {repo!r} names no repository")
         return repo
     if parts.scheme not in ("https", "http") or not parts.hostname or not parts.path.strip("/"):
-        raise Invalid(f"repo {_without_credentials(repo)!r} is not supported: use https://host/org/repo.git")
+        raise Invalid(f"repo {scrub(repo)!r} is not supported: use https://host/org/repo.git")
     return repo
 
 
@@ -210,11 +212,3 @@ def _first_line(message: str) -> str:
     line = (message.strip().splitlines() or [""])[0]
     line = "".join(ch for ch in line if unicodedata.category(ch)[0] != "C")
     return line if len(line) <= _DESCRIPTION_MAX else line[: _DESCRIPTION_MAX - 1] + "…"
-
-
-def _without_credentials(url: str) -> str:
-    """Hide a user or token in a repo URL when showing it."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))

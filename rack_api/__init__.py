@@ -13,7 +13,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     from rack_api import apps, auth, builds, errors, exports, logs, objects, queue, releases, system, webhooks
 
     app = Flask(__name__, static_folder=None)
-    app.wsgi_app = _collapse_slashes(app.wsgi_app)
+    app.wsgi_app = _collapse_slashes(app.wsgi_app)  # type: ignore[method-assign]
     if rack is None:
         rack = Rack(settings or load_settings())
     if rack.enqueue_build is no_queue:

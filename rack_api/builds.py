@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from rack import builds, lifecycle
+from rack.builds import lifecycle
+from rack.builds import record as builds
 from rack_api.params import as_json, flag, limit, listing, param, rack
 
 bp = Blueprint("builds", __name__)
@@ -15,13 +16,13 @@ def create(app: str):
     row = builds.create(
         rack(),
         app,
-        url=param("url", "", header=True),
+        url=param("url", header=True) or "",
         build_args=listing("build-args"),
-        description=param("description", ""),
-        manifest=param("manifest", ""),
+        description=param("description") or "",
+        manifest=param("manifest") or "",
         no_cache=flag("no-cache"),
         development=flag("development"),
-        git_sha=param("git-sha", ""),
+        git_sha=param("git-sha") or "",
     )
     return as_json(builds.serialize(row))
 
@@ -40,7 +41,7 @@ def show(app: str, build_id: str):
 @bp.put("/apps/<app>/builds/<build_id>")
 def update(app: str, build_id: str):
     names = ("ended", "entrypoint", "logs", "manifest", "release", "started", "status", "description")
-    changes = {name: param(name) for name in names if param(name) is not None}
+    changes = {name: value for name in names if (value := param(name)) is not None}
     return as_json(builds.serialize(builds.update(rack(), app, build_id, changes)))
 
 

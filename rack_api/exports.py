@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO, cast
+
 from flask import Blueprint, Flask, Response
 
-from rack import builds, exports
+from rack import exports
+from rack.builds import record as builds
 from rack.errors import RackError, TooLarge
 from rack_api.params import RequestBody, as_json, rack
 
@@ -26,7 +29,7 @@ def export(app: str, build_id: str):
 def import_build(app: str):
     body = RequestBody("import", limit=rack().settings.max_upload_bytes)
     try:
-        row = exports.import_build(rack(), app, body)
+        row = exports.import_build(rack(), app, cast(BinaryIO, body))
     except RackError as exc:
         if not isinstance(exc, TooLarge):
             body.drain()

@@ -22,8 +22,8 @@ import threading
 from flask import Blueprint, Flask, Response, request, stream_with_context
 from simple_websocket import ConnectionClosed, Server
 
-from rack import buildlogs
 from rack.errors import Invalid, RackError
+from rack.logs import reader
 from rack_api.params import param, rack
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def logs(app: str, build_id: str):
     offset = _offset(offset_given)
     follow = (param("follow", "true", header=True) or "true").lower() != "false"
     client = _Client()
-    stream = buildlogs.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
+    stream = reader.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
     notices = offset_given is None
     if request.url_rule is not None and request.url_rule.websocket:  # werkzeug saw `Upgrade: websocket`
         return _websocket(stream, client, notices)
@@ -89,11 +89,11 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
-def _chunks(stream: buildlogs.LogStream, notices: bool):
+def _chunks(stream: reader.LogStream, notices: bool):
     yield b""  # sends the headers now: a build waiting for a worker may not log anything for a while
     try:
         for chunk in stream:
-            if not isinstance(chunk, buildlogs.Notice):
+            if not isinstance(chunk, reader.Notice):
                 yield chunk
             elif notices:  # for a person (curl); a client that counts bytes names an offset and gets none
                 yield str(chunk).encode()
@@ -105,7 +105,7 @@ def _chunks(stream: buildlogs.LogStream, notices: bool):
         stream.close()
 
 
-def _websocket(stream: buildlogs.LogStream, client: _Client, notices: bool) -> Response:
+def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Response:
     """Upgrade, send the log as text frames, then an empty binary frame (Convox's end of stream)."""
     environ = dict(request.environ)
     for key in ("werkzeug.socket", "gunicorn.socket"):
@@ -117,7 +117,7 @@ def _websocket(stream: buildlogs.LogStream, client: _Client, notices: bool) -> R
     try:
         try:
             for chunk in stream:
-                if isinstance(chunk, buildlogs.Notice):
+                if isinstance(chunk, reader.Notice):
                     if notices:
                         ws.send(str(chunk))
                     continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO, cast
+
 from flask import Blueprint, Flask, Response, stream_with_context
 
 from rack import objects
@@ -14,7 +16,7 @@ bp = Blueprint("objects", __name__)
 @bp.post("/apps/<app>/objects/<path:key>")
 def store(app: str, key: str):
     body = RequestBody("upload", limit=rack().settings.max_upload_bytes)
-    url = objects.put(rack(), app, key, body)
+    url = objects.put(rack(), app, key, cast(BinaryIO, body))
     return as_json({"Url": url})
 
 

@@ -15,7 +15,7 @@ _CHUNK = 64 * 1024
 @bp.post("/apps/<app>/webhooks")
 def create(app: str):
     row = webhooks.create(
-        rack(), app, repo=param("repo", ""), branch=param("branch", "main"), promote=flag("promote")
+        rack(), app, repo=param("repo") or "", branch=param("branch") or "main", promote=flag("promote")
     )
     return as_json(webhooks.serialize(row, secret=True))
 
@@ -34,7 +34,7 @@ def delete(app: str, webhook_id: str):
 @bp.post("/webhooks/<webhook_id>")
 def deliver(webhook_id: str):
     """Take a push delivery; it carries no rack password, only its signature (see rack_api.auth)."""
-    status, body = webhooks.deliver(rack(), webhook_id, body=_body(), headers=request.headers)
+    status, body = webhooks.deliver(rack(), webhook_id, body=_body(), headers=dict(request.headers))
     return as_json(body, status)
 
 

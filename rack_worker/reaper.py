@@ -10,7 +10,7 @@ import threading
 
 from celery.signals import worker_ready, worker_shutdown
 
-from rack import lifecycle
+from rack.builds import lifecycle
 from rack.config import load_settings
 from rack.context import Rack
 

@@ -7,10 +7,10 @@ import threading
 
 from celery import shared_task
 
-from rack import pipeline
 from rack.config import load_settings
 from rack.context import Rack
 from rack.errors import Unavailable
+from rack.pipeline import run
 
 _rack: Rack | None = None
 _pid = 0
@@ -38,4 +38,4 @@ def worker_rack() -> Rack:
 )
 def run_build(self, build_id: str) -> None:
     """Run one build on this worker."""
-    pipeline.run_build(worker_rack(), build_id, process=f"{self.request.hostname}:{self.request.id}")
+    run.run_build(worker_rack(), build_id, process=f"{self.request.hostname}:{self.request.id}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import tempfile
 import threading
@@ -16,6 +15,7 @@ from rack.context import Rack
 from rack.db import Database, execute
 from rack.migrate import migrate
 from rack_stack import Stack
+from tests.helpers import basic
 
 
 def _stack_home(name: str) -> Path:
@@ -79,11 +79,6 @@ def app(rack):
     return flask_app
 
 
-def basic(password: str, user: str = "convox") -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 @pytest.fixture
 def client(app, settings):
     """A test client that sends the rack password on every request."""
@@ -135,21 +130,3 @@ def cli_env(live_server, monkeypatch, tmp_path):
     monkeypatch.setenv("RACK_URL", live_server.rack_url)
     monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "convox-config"))
     return {"RACK_URL": live_server.rack_url, "CONVOX_CONFIG": str(tmp_path / "convox-config")}
-
-
-def run_image(client, image: str, *command: str, entrypoint: bool = True) -> str:
-    """Run an image to its end with no network and return what it printed (stdout and stderr).
-
-    The container's log is read after it has exited: docker-py's attached `containers.run` sometimes
-    returns nothing for a container that exits at once.
-    """
-    kw = {}
-    if command:
-        kw = {"entrypoint": list(command)} if entrypoint else {"command": list(command)}
-    container = client.containers.create(image, network_mode="none", **kw)
-    try:
-        container.start()
-        container.wait(timeout=120)
-        return container.logs(stdout=True, stderr=True).decode()
-    finally:
-        container.remove(force=True)

@@ -1,4 +1,4 @@
-from tests.conftest import basic
+from tests.helpers import basic
 
 
 def test_check_is_open(app):

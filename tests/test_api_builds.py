@@ -106,9 +106,9 @@ def test_broker_down_fails_the_build_and_answers_503(rack, client, source):
 
 
 def test_put_moves_status_only_forward(client, source, rack):
-    from rack import lifecycle
+    from rack.builds import lifecycle
     from rack.db import execute
-    from rack.logs import BuildLog
+    from rack.logs.stream import BuildLog
 
     build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
     assert client.put(f"/apps/myapp/builds/{build_id}", data={"status": "created"}).status_code == 200

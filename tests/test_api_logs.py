@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import websocket
-from conftest import basic
 from test_buildlogs import SimBuild
 
 from rack import apps
 from rack.sql import builds as sql
+from tests.helpers import basic, rack_env, start_api, wait_for
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -87,13 +82,6 @@ def char_boundary(data: bytes, offset: int) -> int:
     while offset and data[offset] & 0xC0 == 0x80:
         offset -= 1
     return offset
-
-
-def wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("ws", [True, False], ids=["websocket", "chunked"])
@@ -225,30 +213,10 @@ def test_a_follower_that_leaves_a_quiet_log_frees_its_server_thread(live_server,
 @pytest.fixture
 def gunicorn_server(stack, settings, tmp_path):
     """The API under gunicorn's gthread worker, as production runs it, on the test stack."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **stack.env, "RACK_STORAGE": settings.storage}
-    argv = [CHECKOUT / ".venv/bin/gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread"]
-    argv += ["--threads", "16", "--workers", "2", "--timeout", "0", "rack_api.wsgi:app"]
-    out = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(argv, env=env, cwd=CHECKOUT, stdout=out, stderr=subprocess.STDOUT)
-    server = type("Gunicorn", (), {"url": f"http://127.0.0.1:{port}", "password": settings.password})
-    try:
-        wait_for(lambda: _answers(server.url) or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        yield server
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-        out.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url + "/check", timeout=2).status_code < 500
-    except requests.RequestException:
-        return False
+    api = start_api(rack_env(stack.env, storage=settings.storage), log_dir=tmp_path)
+    api.password = settings.password
+    yield api
+    api.stop()
 
 
 def test_websocket_and_chunked_under_gunicorn_gthread(gunicorn_server, sim):

@@ -50,7 +50,7 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(rack, client, myapp, tm
 
     from rack.context import Rack
     from rack_api import create_app
-    from tests.conftest import basic
+    from tests.helpers import basic
 
     small = Rack(replace(rack.settings, max_upload_bytes=1000), enqueue_build=lambda _id: None)
     c = create_app(rack=small).test_client()

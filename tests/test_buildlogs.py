@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from rack import apps, buildlogs, builds, objects
-from rack.logs import BuildLog
+from rack import apps, objects
+from rack.builds import record as builds
+from rack.logs import reader as buildlogs
+from rack.logs.stream import BuildLog
 from rack.sql import builds as sql
 
 

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from rack import apps, builds, objects
-from rack.buildwatch import Watch
+from rack import apps, objects
+from rack.builds import record as builds
 from rack.db import fetchone
+from rack.pipeline.watch import Watch
 from rack.sql import builds as sql
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -28,13 +30,6 @@ def running(rack, monkeypatch) -> dict:
 def heartbeat(rack, build_id: str):
     with rack.db.transaction() as conn:
         return fetchone(conn, "SELECT heartbeat FROM builds WHERE id = %s", (build_id,))["heartbeat"]
-
-
-def wait_for(condition, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def test_a_watch_past_its_deadline_keeps_the_heartbeat(rack, running):

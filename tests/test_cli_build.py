@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from rack import apps, builds, objects, releases
+from rack import apps, objects, releases
+from rack.builds import record as builds
 from rack.sql import builds as builds_sql
 
 MANIFEST = "services:\n  web:\n    build: .\n"
@@ -251,7 +252,7 @@ def test_build_as_a_subprocess_prints_only_the_release_id(cli_env, rack, worker,
 @pytest.fixture
 def pipeline(docker_stack, rack, monkeypatch):
     """Run each enqueued build on the real pipeline in a thread, as a worker would."""
-    from rack.pipeline import run_build
+    from rack.pipeline.run import run_build
 
     threads: list[threading.Thread] = []
 

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from docker.utils.build import tar
 
 from cli.main import main
-from rack import apps, builds, exports, objects, pipeline, releases
+from rack import apps, exports, objects, releases
+from rack.builds import record as builds
+from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
-from tests.conftest import run_image
-from tests.realworker import rack_env, start_api
+from tests.helpers import printed, rack_env, start_api
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
 CONVOX = [sys.executable, "-m", "cli"]
@@ -33,14 +34,6 @@ def build(rack, app: str, folder: Path, **options) -> dict:
     row = pipeline.run_build(rack, builds.create(rack, app, url=url, **options)["id"], process="tests:1")
     assert row["status"] == "complete", row["reason"]
     return row
-
-
-def printed(docker_stack, image: str) -> str:
-    client = docker_stack.docker()
-    try:
-        return run_image(client, image)
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -189,8 +189,8 @@ def test_builds_table_and_info(myapp, rack):
 
 
 def test_builds_cancel(myapp, rack):
-    from rack import builds
     from rack import objects as objs
+    from rack.builds import record as builds
 
     url = objs.put(rack, myapp, "tmp/s.tgz", io.BytesIO(b"x"))
     queued = builds.create(rack, myapp, url=url)

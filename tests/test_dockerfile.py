@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rack.dockerfile import build_args, declared_args, has_target
+from rack.pipeline.dockerfile import build_args, declared_args, has_target
 
 MULTI_STAGE = """\
 # syntax=docker/dockerfile:1

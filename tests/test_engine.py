@@ -10,8 +10,9 @@ import urllib.request
 import pytest
 
 from rack.config import load_settings
-from rack.engine import Engine, Progress, drain, split_image
 from rack.errors import BuildPlatformError, BuildUserError
+from rack.pipeline.engine.classic import Engine, Progress, drain, split_image
+from rack.reasons import Reason
 
 
 def test_split_image():
@@ -152,7 +153,7 @@ def test_interrupt_stops_a_running_step_and_leaves_no_container(engine, engine_s
 
     def check():
         if stop.is_set():
-            raise BuildUserError("cancelled", "the build was cancelled")
+            raise BuildUserError(Reason.CANCELLED, "the build was cancelled")
 
     def on_line(line: str) -> None:
         if line.startswith(" ---> Running in "):
@@ -205,6 +206,8 @@ def test_memory_and_cpu_limits_apply_to_build_steps(docker_stack, tmp_path):
     # The engine may hand both lines over in one chunk: look at the output, not at its chunks.
     output = "".join(lines)
     assert "\n33554432\n1\n" in output
+    assert info.value.code == Reason.MEMORY
+    assert "RUN dd if=/dev/zero" in info.value.message
     assert info.value.message.endswith(
-        "returned a non-zero code: 137 (the step was killed: out of memory, or stopped)"
+        "returned a non-zero code: 137 (killed: the step used more than the build's memory limit)"
     )

@@ -19,15 +19,17 @@ import docker
 import pytest
 from docker.utils.build import tar
 
-from rack import apps, builds, exports, objects, pipeline, releases
+from rack import apps, exports, objects, releases
+from rack.builds import record as builds
 from rack.config import load_settings
 from rack.context import Rack
 from rack.db import execute
 from rack.errors import TooLarge
+from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
 from rack_api import create_app
 from rack_stack import Stack
-from tests.conftest import basic, run_image
+from tests.helpers import basic, run_image
 
 pytestmark = pytest.mark.docker
 

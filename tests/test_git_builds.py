@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from rack import apps, builds, objects, pipeline
+from rack import apps, objects
+from rack.builds import record as builds
 from rack.config import load_settings
 from rack.context import Rack
 from rack.db import execute
-from tests.conftest import run_image
+from rack.pipeline import run as pipeline
+from tests.helpers import printed
 
 pytestmark = pytest.mark.docker
 
@@ -73,14 +75,6 @@ def log_text(rack: Rack, row: dict) -> str:
     _, key = objects.parse_url(row["logs"])
     with objects.open_object(rack, row["app"], key) as fh:
         return fh.read().decode()
-
-
-def printed(docker_stack, image: str) -> str:
-    client = docker_stack.docker()
-    try:
-        return run_image(client, image)
-    finally:
-        client.close()
 
 
 def test_a_branch_url_builds_and_records_the_cloned_commit(grack, repo, docker_stack):

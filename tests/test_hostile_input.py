@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from rack import objects, pipeline
+from rack import objects
+from rack.pipeline import run as pipeline
 
 MiB = 1024 * 1024
 MANIFEST = "services:\n  web:\n    build: .\n"

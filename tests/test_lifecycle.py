@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rack import lifecycle
+from rack.builds import lifecycle
 from rack.db import execute
-from rack.logs import BuildLog
+from rack.logs.stream import BuildLog
 from rack.sql import builds as sql
 
 

@@ -12,8 +12,8 @@ import pytest
 import redis as redis_lib
 
 from rack.errors import Invalid, Unavailable
-from rack.logs import BuildLog, Entry
-from rack.masking import Masker, secret_values
+from rack.logs.masking import Masker, secret_values
+from rack.logs.stream import BuildLog, Entry
 
 
 def _free_port() -> int:
@@ -339,7 +339,7 @@ def outage(log: BuildLog) -> threading.Event:
 
 
 def test_a_short_outage_neither_repeats_nor_loses_a_line(redis_client):
-    from rack.buildrun import Output
+    from rack.pipeline.steps import Output
 
     log = new_log(redis_client)
     down = outage(log)
@@ -357,7 +357,7 @@ def test_a_short_outage_neither_repeats_nor_loses_a_line(redis_client):
 
 
 def test_a_long_outage_keeps_the_writer_small_and_the_stored_log_whole(redis_client, caplog):
-    from rack.buildrun import Output
+    from rack.pipeline.steps import Output
 
     log = new_log(redis_client)
     down = outage(log)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rack.errors import BuildUserError
-from rack.manifest import MAX_NODES, Manifest, Service, load
+from rack.pipeline.manifest import MAX_NODES, Manifest, Service, load
 
 EXAMPLE = """
 environment: [ "SHARED=default", "REQUIRED" ]

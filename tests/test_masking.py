@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rack.masking import Masker, secret_values
+from rack.logs.masking import Masker, secret_values
 
 
 def test_every_secret_is_replaced():

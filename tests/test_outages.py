@@ -27,7 +27,7 @@ def test_postgres_down_is_503_then_recovers(stack, myapp):
 
 
 def test_redis_down_is_503_then_recovers(stack, myapp, rack):
-    from rack.logs import BuildLog
+    from rack.logs.stream import BuildLog
 
     url = myapp.post("/apps/myapp/objects/tmp/s.tgz", data=b"x").get_json()["Url"]
     build_id = myapp.post("/apps/myapp/builds", data={"url": url}).get_json()["id"]

@@ -10,12 +10,11 @@ import secrets
 import time
 
 import pytest
-from realworker import Workers, tarball, wait_for, worker_env_for
 
-from rack import builds, objects
-from rack.config import load_settings
-from rack.logs import BuildLog
-from rack_api.queue import enqueue_build_for
+from rack import objects
+from rack.builds import record as builds
+from rack.logs.stream import BuildLog
+from tests.helpers import Workers, tarball, wait_for, workers_enqueue
 
 pytestmark = pytest.mark.docker
 
@@ -27,9 +26,7 @@ OUTAGE_S = 3
 
 @pytest.fixture
 def worker_env(docker_stack, settings, rack, monkeypatch):
-    env = worker_env_for(docker_stack.env, storage=settings.storage, **SETTINGS)
-    monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(load_settings(env)))
-    return env
+    return workers_enqueue(rack, monkeypatch, docker_stack.env, storage=settings.storage, **SETTINGS)
 
 
 @pytest.fixture

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 from docker.utils.build import tar
 
-from rack import apps, builds, objects, pipeline, releases
+from rack import apps, objects, releases
+from rack.builds import record as builds
 from rack.config import load_settings
 from rack.context import Rack
 from rack.db import execute, fetchone
-from rack.logs import BuildLog
+from rack.logs.stream import BuildLog
+from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
-from tests.conftest import run_image
+from tests.helpers import run_image
 
 pytestmark = pytest.mark.docker
 
@@ -334,7 +336,7 @@ def test_a_cancel_is_seen_between_heartbeats(broken, tmp_path, docker_client):
 
 
 def test_a_build_ended_elsewhere_stops_and_leaves_the_outcome_alone(broken, tmp_path, docker_client):
-    from rack import lifecycle
+    from rack.builds import lifecycle
 
     url = upload(broken, "broken", write_app(tmp_path, SLOW))
     row = builds.create(broken, "broken", url=url)

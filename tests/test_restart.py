@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.realworker import start_api, start_worker, tarball, worker_env_for
+from tests.helpers import start_api, start_worker, tarball, worker_env_for
 
 SOURCE = {
     "convox.yml": "services:\n  web:\n    build: .\n",

@@ -12,8 +12,7 @@ import requests
 
 from rack_stack import Stack
 from rack_stack.base_image import CHANGES, NAME, TAG, rootfs_tar
-from tests.conftest import run_image
-from tests.realworker import Workers, start_api, tarball, wait_for, worker_env_for
+from tests.helpers import Workers, run_image, start_api, tarball, wait_for, worker_env_for
 
 SOURCE = {
     "convox.yml": "services:\n  web:\n    build: .\n",

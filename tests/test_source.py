@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rack.errors import BuildPlatformError, BuildUserError
-from rack.source import TRUNCATED, clone_git, extract_tarball
+from rack.pipeline.source import TRUNCATED, clone_git, extract_tarball
 
 MiB = 1024 * 1024
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from rack_stack import SERVICES, Stack, procs
 from rack_stack.cli import main
-from tests.conftest import run_image
+from tests.helpers import run_image
 
 
 def test_ports_and_password_are_chosen_once(tmp_path):

@@ -381,7 +381,7 @@ def test_s3_uploads_keep_the_readers_own_error():
 
 
 def test_storing_the_build_log_survives_any_store_failure(caplog):
-    from rack.pipeline import _store_log
+    from rack.pipeline.run import _store_log
 
     class Failing:
         def put_stream(self, key, stream, *, limit=None):

@@ -12,14 +12,15 @@ import time
 
 import pytest
 import requests
-from conftest import basic
-from realworker import FAST_HEARTBEAT, Workers, tarball, wait_for, worker_env_for
 
-from rack import buildlogs, builds, objects, pipeline
+from rack import objects
+from rack.builds import record as builds
 from rack.config import load_settings
 from rack.context import Rack
-from rack.logs import BuildLog
-from rack_api.queue import enqueue_build_for
+from rack.logs import reader as buildlogs
+from rack.logs.stream import BuildLog
+from rack.pipeline import run as pipeline
+from tests.helpers import FAST_HEARTBEAT, Workers, basic, tarball, wait_for, workers_enqueue
 
 pytestmark = pytest.mark.docker
 
@@ -29,9 +30,7 @@ HEARTBEAT_TIMEOUT = FAST_HEARTBEAT["heartbeat_timeout"]
 @pytest.fixture
 def worker_env(docker_stack, settings, rack, monkeypatch):
     """Workers on the test's object store with a fast heartbeat; the API enqueues on their broker."""
-    env = worker_env_for(docker_stack.env, storage=settings.storage, **FAST_HEARTBEAT)
-    monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(load_settings(env)))
-    return env
+    return workers_enqueue(rack, monkeypatch, docker_stack.env, storage=settings.storage, **FAST_HEARTBEAT)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg2.extras import Json
 
-from rack.db import fetchall, fetchone
+from rack.db import fetchall, fetchone, returning
 
 COLUMNS = {
     "description",
@@ -36,7 +36,7 @@ def insert(
     manifest: str = "",
     status: str = "created",
 ) -> dict:
-    return fetchone(
+    return returning(
         conn,
         "INSERT INTO builds (id, app, source_url, options, description, git_sha, manifest, status)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rack.db import fetchall, fetchone
+from rack.db import fetchall, fetchone, returning
 
 
 def insert(conn, *, id: str, app: str, build: str, env: str, manifest: str, description: str) -> dict:
-    return fetchone(
+    return returning(
         conn,
         "INSERT INTO releases (id, app, build, env, manifest, description)"
         " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",

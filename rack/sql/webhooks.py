@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rack.db import execute, fetchall, fetchone
+from rack.db import execute, fetchall, fetchone, returning
 
 
 def insert(conn, *, id: str, app: str, repo: str, branch: str, secret: str, promote: bool) -> dict:
-    return fetchone(
+    return returning(
         conn,
         "INSERT INTO webhooks (id, app, repo, branch, secret, promote) VALUES (%s, %s, %s, %s, %s, %s)"
         " RETURNING *",

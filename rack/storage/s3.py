@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
-import re
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import boto3
 import botocore.config
@@ -13,6 +12,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from rack.errors import Invalid, RackError, Unavailable
+from rack.scrub import scrub
 from rack.storage import CHUNK, count_chunk, key_size_problem, shown
 
 # Multipart parts of 8 MiB, two at a time: memory stays flat whatever the object's size.
@@ -35,7 +35,6 @@ _UNREACHABLE = (
     botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
     botocore.exceptions.IncompleteReadError,
 )
-_USERINFO = re.compile(r"//[^/@\s]*@")
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -127,7 +126,7 @@ class S3Store:
                 return Unavailable(f"the object store's bucket {self.bucket!r} does not exist")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return Unavailable(f"the object store refused to {doing}: {code} (HTTP {status or '?'})")
-        text = _USERINFO.sub("//", str(exc))
+        text = scrub(str(exc))
         if isinstance(exc, _UNREACHABLE):
             return Unavailable(f"the object store is unreachable: {text}")
         return Unavailable(f"the object store failed to {doing}: {type(exc).__name__}: {text}")
@@ -173,7 +172,7 @@ class S3Store:
             raise self._unavailable(exc, "read an object") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._unavailable(exc, "read an object") from exc
-        return _Body(response["Body"], self)
+        return cast(BinaryIO, _Body(response["Body"], self))
 
     def exists(self, key: str) -> bool:
         try:

@@ -16,12 +16,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 
 from rack.errors import Invalid, Unavailable
-from rack.masking import Masker
+from rack.logs.masking import Masker
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class BuildLog:
         """Return up to `count` entries after the offset `after`, waiting up to `block_ms` for the first."""
         _offset(after)
         with _guard():
-            reply = self.redis.xread({self.key: after}, count=count, block=block_ms)
+            reply: Any = self.redis.xread({self.key: after}, count=count, block=block_ms)
         if not reply:
             return []
         rows = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
@@ -189,7 +189,7 @@ class BuildLog:
     def last_entry(self) -> Entry | None:
         """Return the stream's last entry, or None if it has none."""
         with _guard():
-            rows = self.redis.xrevrange(self.key, count=1)
+            rows: Any = self.redis.xrevrange(self.key, count=1)
         return _entry(*rows[0]) if rows else None
 
     def text(self) -> bytes:
@@ -198,7 +198,7 @@ class BuildLog:
         start = "-"
         while True:
             with _guard():
-                rows = self.redis.xrange(self.key, min=start, count=10_000)
+                rows: Any = self.redis.xrange(self.key, min=start, count=10_000)
             chunks += (fields.get(b"d", b"") for _, fields in rows)  # the end entry is last and has no data
             if len(rows) < 10_000:
                 return b"".join(chunks)
@@ -275,7 +275,7 @@ class LogWriter:
             if not before:
                 self._first = time.monotonic()
             if buf and buf[-2] == stamp and len(buf[-1]) + len(data) <= MAX_ENTRY:
-                buf[-1] += data  # same millisecond: share the entry
+                buf[-1] = cast(bytes, buf[-1]) + data  # same millisecond: share the entry
             else:
                 for piece in _entries(data):
                     buf += (stamp, piece)

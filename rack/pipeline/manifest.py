@@ -15,8 +15,9 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, Event, ScalarEvent
 
 from rack.errors import BuildUserError
+from rack.reasons import Reason
 
-CODE = "user:manifest"
+CODE = Reason.MANIFEST
 MAX_BYTES = 1024 * 1024
 # a manifest has hundreds of nodes; an alias bomb ("billion laughs") has billions once expanded
 MAX_NODES = 100_000

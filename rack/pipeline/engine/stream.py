@@ -10,6 +10,7 @@ import docker.errors
 import requests.exceptions
 
 from rack.errors import BuildError, BuildPlatformError, BuildUserError
+from rack.reasons import Reason
 
 Lines = Generator[str, None, str]
 TRANSPORT = (requests.exceptions.RequestException, OSError)
@@ -29,11 +30,9 @@ def engine_errors(doing: str) -> Iterator[None]:
     except BuildError:
         raise
     except docker.errors.DockerException as exc:
-        raise BuildPlatformError("platform:engine", f"{doing}: {first_line(exc)}") from exc
+        raise BuildPlatformError(Reason.ENGINE, f"{doing}: {first_line(exc)}") from exc
     except TRANSPORT as exc:
-        raise BuildPlatformError(
-            "platform:engine", f"{doing}: the Docker engine is unreachable ({exc})"
-        ) from exc
+        raise BuildPlatformError(Reason.ENGINE, f"{doing}: the Docker engine is unreachable ({exc})") from exc
 
 
 class Progress:
@@ -71,22 +70,25 @@ def event_message(event: dict) -> str:
 def build_refused(exc: docker.errors.APIError, dockerfile: str) -> BuildError:
     message = first_line(exc)
     if exc.is_client_error() or "Dockerfile" in message or "dockerfile" in message:
-        return BuildUserError("user:dockerfile", f"{dockerfile}: {message}")
-    return BuildPlatformError("platform:engine", f"the engine refused the build: {message}")
+        return BuildUserError(Reason.DOCKERFILE, f"{dockerfile}: {message}")
+    return BuildPlatformError(Reason.ENGINE, f"the engine refused the build: {message}")
 
 
-def step_error(event: dict, step: str) -> BuildError:
+def step_error(event: dict, step: str, *, oom_killed: bool = False) -> BuildError:
+    """Turn the engine's error event for `step` into a build error; `oom_killed` from the step's container."""
     message = event_message(event)
     if "no space left on device" in message:
-        return BuildPlatformError("platform:disk", f"{step}: {message}" if step else message)
+        return BuildPlatformError(Reason.DISK, f"{step}: {message}" if step else message)
     if not step:
-        return BuildUserError("user:dockerfile", message)
+        return BuildUserError(Reason.DOCKERFILE, message)
     instruction = m.group(1).upper() if (m := _STEP.match(step)) else ""
     if instruction == "FROM":
         return BuildUserError(
-            "user:base-image",
+            Reason.BASE_IMAGE,
             f"{step}: the image is neither in the engine nor in the rack's registry ({message})",
         )
-    if message.endswith("returned a non-zero code: 137"):
-        message += " (the step was killed: out of memory, or stopped)"
-    return BuildUserError("user:step", f"{step}: {message}")
+    if oom_killed:
+        return BuildUserError(
+            Reason.MEMORY, f"{step}: {message} (killed: the step used more than the build's memory limit)"
+        )
+    return BuildUserError(Reason.STEP, f"{step}: {message}")

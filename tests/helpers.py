@@ -1,4 +1,5 @@
-"""Real rack processes for tests and benchmarks: Celery workers and a gunicorn API as subprocesses.
+"""Helpers for tests and benchmarks: real rack processes (Celery workers, the API under gunicorn) as
+subprocesses, waiting for a condition, Basic auth headers, tarballs, running a built image.
 
 Each process runs in its own session, so `kill()` reaches it and every child it forked (Celery's pool
 processes) at once, the way a host losing power or the OOM killer would take them.
@@ -6,6 +7,7 @@ processes) at once, the way a host losing power or the OOM killer would take the
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -138,12 +140,12 @@ class Proc:
             time.sleep(0.05)
 
 
-def wait_for(predicate, *, timeout: float, what: str):
+def wait_for(predicate, *, timeout: float = 10, what: str = "the condition"):
     """Wait until `predicate()` is truthy and return its value; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.02)
     return value
 
 
@@ -206,3 +208,45 @@ def tarball(files: Mapping[str, str | bytes]) -> bytes:
             info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def basic(password: str, user: str = "convox") -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def run_image(client, image: str, *command: str, entrypoint: bool = True) -> str:
+    """Run an image to its end with no network and return what it printed (stdout and stderr).
+
+    The container's log is read after it has exited: docker-py's attached `containers.run` sometimes
+    returns nothing for a container that exits at once.
+    """
+    kw = {}
+    if command:
+        kw = {"entrypoint": list(command)} if entrypoint else {"command": list(command)}
+    container = client.containers.create(image, network_mode="none", **kw)
+    try:
+        container.start()
+        container.wait(timeout=120)
+        return container.logs(stdout=True, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+
+
+def printed(stack, image: str, *command: str) -> str:
+    """Run an image of the stack's engine once with no network and return what it printed."""
+    client = stack.docker()
+    try:
+        return run_image(client, image, *command)
+    finally:
+        client.close()
+
+
+def workers_enqueue(rack, monkeypatch, stack_env: Mapping[str, str], *, storage: str, **settings) -> dict:
+    """Return the environment of workers under test and make `rack` enqueue builds on their broker."""
+    from rack.config import load_settings
+    from rack_api.queue import enqueue_build_for
+
+    env = worker_env_for(stack_env, storage=storage, **settings)
+    monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(load_settings(env)))
+    return env

@@ -14,7 +14,8 @@ import docker
 import docker.errors
 
 from rack.config import Settings
-from rack.dockerstream import (
+from rack.errors import BuildPlatformError, BuildUserError
+from rack.pipeline.engine.stream import (
     TRANSPORT,
     Lines,
     Progress,
@@ -25,7 +26,7 @@ from rack.dockerstream import (
     first_line,
     step_error,
 )
-from rack.errors import BuildPlatformError, BuildUserError
+from rack.reasons import Reason
 
 __all__ = ["Engine", "Progress", "drain", "split_image"]
 Check = Callable[[], None]
@@ -105,7 +106,7 @@ class Engine:
                 nocache=nocache,
                 pull=False,  # no outside registry: FROM images come from the engine or our registry
                 rm=True,
-                forcerm=True,
+                forcerm=False,  # a failed step's container stays until _remove_container: why did it stop?
                 network_mode="host",  # the engine runs with --bridge none
                 container_limits=self._limits(),
                 decode=True,
@@ -115,7 +116,7 @@ class Engine:
                 for event in stream:
                     check()
                     if "error" in event or "errorDetail" in event:
-                        raise step_error(event, step)
+                        raise step_error(event, step, oom_killed=self._oom_killed())
                     text = event.get("stream")
                     if text is not None:
                         step = self._track(text, step)
@@ -132,15 +133,27 @@ class Engine:
         return image_id or self.image_id(tag)
 
     def _track(self, text: str, step: str) -> str:
-        if text.startswith("Step "):
-            return text.strip()
-        if m := _RUNNING.match(text):
-            with self._lock:
-                self._container = m.group(1)
-        elif _REMOVING.match(text):
-            with self._lock:
-                self._container = None
+        """Follow the step and its container through the output (one chunk may hold several lines)."""
+        for line in text.splitlines():
+            if line.startswith("Step "):
+                step = line.strip()
+            elif m := _RUNNING.match(line):
+                with self._lock:
+                    self._container = m.group(1)
+            elif _REMOVING.match(line):
+                with self._lock:
+                    self._container = None
         return step
+
+    def _oom_killed(self) -> bool:
+        """Tell whether the kernel killed the failed step's container for memory (its State.OOMKilled)."""
+        with self._lock:
+            container = self._container
+        if container is None:
+            return False
+        with contextlib.suppress(docker.errors.DockerException, *TRANSPORT):
+            return bool(self.api.inspect_container(container)["State"].get("OOMKilled"))
+        return False
 
     def _limits(self) -> dict | None:
         limits: dict = {}
@@ -200,12 +213,12 @@ class Engine:
             try:
                 stream = self.api.pull(repository, tag, stream=True, decode=True, auth_config=self.auth)
             except docker.errors.APIError as exc:
-                raise BuildUserError("user:image", f"can not pull {image}: {first_line(exc)}") from exc
+                raise BuildUserError(Reason.IMAGE, f"can not pull {image}: {first_line(exc)}") from exc
             try:
                 for event in stream:
                     check()
                     if "error" in event or "errorDetail" in event:
-                        raise BuildUserError("user:image", f"can not pull {image}: {event_message(event)}")
+                        raise BuildUserError(Reason.IMAGE, f"can not pull {image}: {event_message(event)}")
                     if (line := progress.line(event)) is not None:
                         yield line
             finally:
@@ -231,7 +244,7 @@ class Engine:
                         check()
                         if "error" in event or "errorDetail" in event:
                             raise BuildPlatformError(
-                                "platform:registry", f"pushing {image} failed: {event_message(event)}"
+                                Reason.REGISTRY, f"pushing {image} failed: {event_message(event)}"
                             )
                         digest = (event.get("aux") or {}).get("Digest", digest)
                         if (line := progress.line(event)) is not None:
@@ -239,11 +252,11 @@ class Engine:
                 finally:
                     stream.close()
         except BuildPlatformError as exc:
-            if exc.code != "platform:engine":
+            if exc.code != Reason.ENGINE:
                 raise
-            raise BuildPlatformError("platform:registry", exc.message) from exc
+            raise BuildPlatformError(Reason.REGISTRY, exc.message) from exc
         if not digest:
-            raise BuildPlatformError("platform:registry", f"pushing {image} gave no digest")
+            raise BuildPlatformError(Reason.REGISTRY, f"pushing {image} gave no digest")
         return digest
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
 
-from rack import builds, objects
+from rack import objects
+from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import Invalid, NotFound
-from rack.logs import BuildLog
+from rack.logs.stream import BuildLog
 
 CHUNK = 64 * 1024
 BATCH = 256  # entries per read: up to 4 MiB, as an entry holds up to 16 KiB
@@ -142,7 +143,7 @@ def _final(rack: Rack, row: dict, cursor: _Cursor, *, start: int | None = None) 
             yield Notice(NO_LOG.format(id=row["id"]))
 
 
-def _stream_rest(log: BuildLog, cursor: _Cursor) -> Iterator[bytes]:
+def _stream_rest(log: BuildLog, cursor: _Cursor) -> Generator[bytes, None, bool]:
     """Yield what a final build's stream holds past the offset; return whether it had any entry."""
     # Whoever ended the build may still be adding to the stream (the reaper marks the build failed, then
     # appends its reason and the end entry): a stream with no end entry gets a short grace to complete.

@@ -6,16 +6,18 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from rack import dockerfile, manifest, objects, releases
-from rack.buildwatch import Watch
+from rack import objects, releases
 from rack.context import Rack
-from rack.engine import Engine, drain
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
-from rack.logs import BuildLog, LogWriter
-from rack.masking import Masker, secret_values
-from rack.source import clone_git, extract_tarball
+from rack.logs.masking import Masker, secret_values
+from rack.logs.stream import BuildLog, LogWriter
+from rack.pipeline import dockerfile, manifest
+from rack.pipeline.engine.classic import Engine, drain
+from rack.pipeline.source import clone_git, extract_tarball
+from rack.pipeline.watch import Watch
+from rack.reasons import Reason
+from rack.scrub import scrub
 from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
@@ -93,15 +95,7 @@ class Output:
         return self.text
 
 
-def without_credentials(url: str) -> str:
-    """Drop the user and password from a URL, for logging it."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def inside(root: Path, relative: str, *, code: str, what: str) -> Path:
+def inside(root: Path, relative: str, *, code: Reason, what: str) -> Path:
     """Resolve a path given in the source and refuse one that leads outside it."""
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
@@ -177,9 +171,9 @@ class BuildRun:
             try:
                 body = self.rack.store.open(f"{app}/{key}")
             except FileNotFoundError:
-                raise BuildUserError("user:source", f"the source object is gone: {url}") from None
+                raise BuildUserError(Reason.SOURCE, f"the source object is gone: {url}") from None
             except RackError as exc:
-                raise BuildPlatformError("platform:storage", f"reading {url}: {exc.message}") from exc
+                raise BuildPlatformError(Reason.STORAGE, f"reading {url}: {exc.message}") from exc
             self.src.mkdir()
             with body:
                 extract_tarball(
@@ -190,7 +184,7 @@ class BuildRun:
                     stop=self.stopping,
                 )
         else:
-            self.out.line(f"Cloning: {without_credentials(url)}")
+            self.out.line(f"Cloning: {scrub(url)}")
             self.git_sha = clone_git(
                 url,
                 self.src,
@@ -202,18 +196,18 @@ class BuildRun:
     def read_manifest(self) -> tuple[str, str]:
         """Read the manifest, save its text on the build, and return it with its name."""
         name = self.options.get("manifest") or "convox.yml"
-        path = inside(self.src, name, code="user:manifest", what="manifest")
+        path = inside(self.src, name, code=Reason.MANIFEST, what="manifest")
         if not path.is_file():
-            raise BuildUserError("user:manifest", f"manifest not found: {name}")
+            raise BuildUserError(Reason.MANIFEST, f"manifest not found: {name}")
         limit = self.rack.settings.manifest_max_bytes
         if path.stat().st_size > limit:
-            raise BuildUserError("user:manifest", f"{name} is larger than the limit of {limit} bytes")
+            raise BuildUserError(Reason.MANIFEST, f"{name} is larger than the limit of {limit} bytes")
         try:
             text = path.read_text("utf-8")
         except UnicodeDecodeError as exc:
-            raise BuildUserError("user:manifest", f"{name} is not UTF-8 text: {exc}") from exc
+            raise BuildUserError(Reason.MANIFEST, f"{name} is not UTF-8 text: {exc}") from exc
         if "\x00" in text:  # not YAML, and Postgres text cannot hold it
-            raise BuildUserError("user:manifest", f"{name} is not text: it has a NUL byte")
+            raise BuildUserError(Reason.MANIFEST, f"{name} is not text: it has a NUL byte")
         fields = {"manifest": text}
         if self.git_sha and not self.row["git_sha"]:
             fields["git_sha"] = self.git_sha
@@ -244,20 +238,20 @@ class BuildRun:
     def build(self, service, tag: str, env: dict[str, str]) -> None:
         """Build a service's image from its path and Dockerfile, tagged `tag`."""
         context = inside(
-            self.src, service.build_path, code="user:manifest", what=f"service {service.name}: path"
+            self.src, service.build_path, code=Reason.MANIFEST, what=f"service {service.name}: path"
         )
         shown = posixpath.normpath(posixpath.join(service.build_path, service.dockerfile))
-        path = inside(self.src, shown, code="user:dockerfile", what=f"service {service.name}: Dockerfile")
+        path = inside(self.src, shown, code=Reason.DOCKERFILE, what=f"service {service.name}: Dockerfile")
         if not context.is_dir():
             raise BuildUserError(
-                "user:manifest", f"service {service.name}: build path {service.build_path!r} is not a folder"
+                Reason.MANIFEST, f"service {service.name}: build path {service.build_path!r} is not a folder"
             )
         if not path.is_file():
-            raise BuildUserError("user:dockerfile", f"Dockerfile not found at {shown}")
+            raise BuildUserError(Reason.DOCKERFILE, f"Dockerfile not found at {shown}")
         try:
             text = path.read_text("utf-8")
         except UnicodeDecodeError as exc:
-            raise BuildUserError("user:dockerfile", f"{shown} is not UTF-8 text: {exc}") from exc
+            raise BuildUserError(Reason.DOCKERFILE, f"{shown} is not UTF-8 text: {exc}") from exc
         args = dockerfile.build_args(dockerfile.declared_args(text), env)
         development = self.options.get("development") and dockerfile.has_target(text, "development")
         self.out.line(f"Building: {service.name}")

@@ -10,7 +10,8 @@ from rack import apps, objects
 from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
-from rack.logs import BuildLog
+from rack.logs.stream import BuildLog
+from rack.reasons import Reason
 from rack.sql import builds as sql
 from rack.sql import releases as releases_sql
 from rack.timefmt import parse_convox, rfc3339
@@ -99,7 +100,7 @@ def create(
     }
     if promote:  # the pipeline promotes the release when the build completes (push webhooks ask for it)
         options["promote"] = True
-    objects.normalize_key(options["manifest"])  # refuses `..` in the manifest path
+    objects.normalize_key(str(options["manifest"]))  # refuses `..` in the manifest path
     with rack.db.transaction() as conn:
         row = sql.insert(
             conn,
@@ -118,7 +119,7 @@ def create(
                 conn,
                 id=row["id"],
                 status="failed",
-                reason=f"platform:queue: the build queue is unreachable ({type(exc).__name__})",
+                reason=Reason.QUEUE(f"the build queue is unreachable ({type(exc).__name__})"),
             )
         raise Unavailable("the build queue (Redis) is unreachable; try again shortly") from exc
     return row
@@ -165,6 +166,8 @@ def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict
         if row["status"] == "running":
             fields["heartbeat"] = datetime.now(UTC)
         updated = sql.update(conn, id=build_id, fields=fields) if fields else row
+        if updated is None:
+            raise NotFound(f"build not found: {build_id}")
     if changes.get("status") in FINAL:
         BuildLog(rack.redis, build_id).end(updated["status"], ttl=rack.settings.log_stream_ttl)
     return updated

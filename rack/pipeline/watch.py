@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, BuildUserError
+from rack.reasons import Reason
 from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class Watch:
             if not timed_out and self.remaining() <= 0:
                 timed_out = True
                 self.stop(
-                    BuildUserError("timeout", f"the build ran longer than its limit of {self.timeout:g}s")
+                    BuildUserError(
+                        Reason.TIMEOUT, f"the build ran longer than its limit of {self.timeout:g}s"
+                    )
                 )
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + self.interval
@@ -98,6 +101,6 @@ class Watch:
             log.warning("%s of build %s failed: %s", what, self.build_id, exc)
             return
         if row is None:
-            self.stop(BuildPlatformError("platform:lost", "the build was ended by someone else while it ran"))
+            self.stop(BuildPlatformError(Reason.LOST, "the build was ended by someone else while it ran"))
         elif row.get("cancel_requested"):
-            self.stop(BuildUserError("cancelled", "the build was cancelled"))
+            self.stop(BuildUserError(Reason.CANCELLED, "the build was cancelled"))

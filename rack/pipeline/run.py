@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from rack import objects, releases
-from rack.buildrun import BuildRun, Output
-from rack.buildwatch import Watch
 from rack.context import Rack
-from rack.engine import Engine
 from rack.errors import BuildError, BuildPlatformError, RackError, Unavailable
-from rack.logs import BuildLog
-from rack.masking import Masker, secret_values
+from rack.logs.masking import Masker, secret_values
+from rack.logs.stream import BuildLog
+from rack.pipeline.engine.classic import Engine
+from rack.pipeline.steps import BuildRun, Output
+from rack.pipeline.watch import Watch
+from rack.reasons import Reason
 from rack.sql import apps as apps_sql
 from rack.sql import builds as sql
 
@@ -50,12 +51,12 @@ def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
         except BuildError as exc:
             error = exc
         except RackError as exc:  # Postgres, Redis or the store went away mid-build
-            error = BuildPlatformError("platform:unavailable", exc.message)
+            error = BuildPlatformError(Reason.UNAVAILABLE, exc.message)
         except Exception as exc:
             log.exception("build %s failed unexpectedly", build_id)
-            error = BuildPlatformError("platform:internal", f"{type(exc).__name__}: {exc}")
+            error = BuildPlatformError(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
         except BaseException as exc:  # the worker is stopping: leave the build failed, not running
-            error = BuildPlatformError("platform:interrupted", f"the worker stopped ({type(exc).__name__})")
+            error = BuildPlatformError(Reason.INTERRUPTED, f"the worker stopped ({type(exc).__name__})")
             _fail(rack, row, out, watch.stopped or error, process=process, run=run)
             raise
         finally:
@@ -63,6 +64,7 @@ def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
         if error is not None:
             # Once the build was told to stop, what failed next (a killed step) is a consequence.
             return _fail(rack, row, out, watch.stopped or error, process=process, run=run)
+        assert run is not None  # no error: the run was made and ran
         return _complete(rack, row, out, run, process=process)
 
 
@@ -136,7 +138,7 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
         log.warning("build %s was ended elsewhere before it could complete", row["id"])
         return None
     except RackError as exc:
-        error = BuildPlatformError("platform:unavailable", f"recording the finished build: {exc.message}")
+        error = BuildPlatformError(Reason.UNAVAILABLE, f"recording the finished build: {exc.message}")
         return _fail(rack, row, out, error, process=process, run=run)
     _end_stream(rack, out, "complete")
     return done
@@ -144,7 +146,7 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
 
 def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str, run: BuildRun | None):
     """Log the error, store the log, mark the build failed with the error's reason, end the stream."""
-    if error.code == "platform:lost":  # whoever ended the build logged why and stored the log
+    if error.code == Reason.LOST:  # whoever ended the build logged why and stored the log
         out.close()
         return None
     reason = out.build_log.masker.mask(error.reason)

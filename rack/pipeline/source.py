@@ -17,11 +17,13 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from rack.errors import BuildPlatformError, BuildUserError
+from rack.reasons import Reason
+from rack.scrub import scrub
 
-CODE = "user:source"
+CODE = Reason.SOURCE
 TRUNCATED = "the source archive is truncated or not a .tgz"
 _CHUNK = 64 * 1024
 _MAX_HEADER = 1024 * 1024  # pax and GNU long-name headers are read into memory whole, so cap them
@@ -31,7 +33,6 @@ _SPECIAL = {tarfile.CHRTYPE: "a char device", tarfile.BLKTYPE: "a block device",
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHA = re.compile(r"[0-9a-f]{7,40}")
-_scrub = functools.partial(re.compile(r"(://)[^/@\s]+@").sub, r"\1***@")  # hide user:token@ in URLs
 STOP_POLL = 0.25  # seconds between looks at `stop` while git runs
 _DATA_FILTER = getattr(tarfile, "data_filter", None)  # PEP 706, in Python 3.11.4 and later
 Stop = Callable[[], bool]
@@ -83,14 +84,18 @@ class _Body:
 
     def __init__(self, raw: BinaryIO, limit: int, message: str, stop: Stop | None = None) -> None:
         src = _Peeked(raw)
-        self._read = gzip.GzipFile(fileobj=src, mode="rb").read if src.head == b"\x1f\x8b" else src.read
+        self._read = (
+            gzip.GzipFile(fileobj=cast(BinaryIO, src), mode="rb").read
+            if src.head == b"\x1f\x8b"
+            else src.read
+        )
         self._limit, self._message, self._count = limit, message, 0
         self._stop = stop
 
     def read(self, size: int = -1) -> bytes:
         # every byte of the archive passes here (tarfile reads 10 KiB records), so a stop is seen promptly
         if self._stop is not None and self._stop():
-            raise BuildUserError("cancelled", "extracting the source was stopped")
+            raise BuildUserError(Reason.CANCELLED, "extracting the source was stopped")
         try:
             data = self._read(size)
         except (EOFError, gzip.BadGzipFile, zlib.error):
@@ -106,7 +111,7 @@ def extract_tarball(
 ) -> None:
     """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
     # on a refusal dest may hold part of the tree: the caller owns dest and removes it. `stop` is asked
-    # before each read of the archive; true ends the extraction with BuildUserError("cancelled", ...)
+    # before each read of the archive; true ends the extraction with BuildUserError(Reason.CANCELLED, ...)
     root = os.path.realpath(dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
@@ -131,9 +136,9 @@ class _Extraction:
         slack = self.max_entries * 4 * tarfile.BLOCKSIZE + _MAX_HEADER  # for headers, padding, metadata
         body = _Body(fileobj, self.max_bytes + slack, self.too_big, stop)
         try:
-            with tarfile.open(fileobj=body, mode="r|", tarinfo=_Member) as tar:
+            with tarfile.open(fileobj=cast(BinaryIO, body), mode="r|", tarinfo=_Member) as tar:
                 for count, member in enumerate(iter(tar.next, None), 1):
-                    tar.members.clear()  # a stream keeps every header otherwise, and pax headers can be big
+                    tar.members.clear()  # type: ignore[attr-defined]  # a stream keeps every header otherwise, and pax headers can be big
                     if count > self.max_entries:
                         raise _refuse(f"the source archive has more than {self.max_entries} entries")
                     try:
@@ -237,6 +242,8 @@ class _Extraction:
         if member.size > self.max_bytes - self.total:
             raise _refuse(self.too_big)
         data = tar.extractfile(member)
+        if data is None:  # a regular file member always has data; anything else was refused above
+            raise _bad(member.name, "has no content")
         with os.fdopen(os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
             while chunk := data.read(_CHUNK):
                 self.total += len(chunk)
@@ -270,13 +277,13 @@ def clone_git(
 ) -> str:
     """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha."""
     # local repositories (file:// or a path) need allow_local: a user's URL must not read the worker's disk.
-    # `stop` is asked every STOP_POLL seconds while git runs; true kills git: BuildUserError("cancelled", ...)
+    # `stop` is asked every STOP_POLL seconds while git runs; true kills git (a CANCELLED error)
     repo, _, ref = url.partition("#")
     if repo.startswith("-") or ref.startswith("-"):
-        raise _refuse(f"git url {_scrub(url)!r} is refused: neither repository nor ref may start with '-'")
+        raise _refuse(f"git url {scrub(url)!r} is refused: neither repository nor ref may start with '-'")
     local = repo.startswith(("file://", "/"))
     if not (repo.startswith(("https://", "http://")) or (allow_local and local)):
-        raise _refuse(f"git url {_scrub(url)!r} is not supported: use https://host/repo.git#ref")
+        raise _refuse(f"git url {scrub(url)!r} is not supported: use https://host/repo.git#ref")
     protocols = "https:http:file" if local else "https:http"  # also binds submodules and redirects
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": protocols, "LC_ALL": "C"}
     deadline = time.monotonic() + timeout
@@ -302,11 +309,14 @@ def _git(
     stop: Stop | None,
 ) -> str:
     """Run one git command, killing its whole process group if the deadline passes or `stop` says so."""
-    step, pipes = args[0], {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    step = args[0]
     try:
-        proc = subprocess.Popen(["git", *args], cwd=cwd, env=env, start_new_session=True, **pipes)
+        proc = subprocess.Popen(
+            ["git", *args], cwd=cwd, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
     except FileNotFoundError:
-        raise BuildPlatformError("platform:source", "git is not installed on this worker") from None
+        raise BuildPlatformError(Reason.GIT, "git is not installed on this worker") from None
     while True:
         left = deadline - time.monotonic()
         try:  # communicate() keeps what it read when it times out, so waiting in slices loses no output
@@ -315,13 +325,13 @@ def _git(
         except subprocess.TimeoutExpired:
             if stop is not None and stop():
                 _kill(proc)
-                raise BuildUserError("cancelled", f"git {step} was stopped") from None
+                raise BuildUserError(Reason.CANCELLED, f"git {step} was stopped") from None
             if time.monotonic() >= deadline:
                 _kill(proc)
                 raise _refuse(f"git {step} timed out after {timeout}s") from None
     if proc.returncode:
         tail = "\n".join(err.decode(errors="replace").strip().splitlines()[-10:])
-        raise _refuse(f"git {step} failed: {_scrub(tail) or f'exit status {proc.returncode}'}")
+        raise _refuse(f"git {step} failed: {scrub(tail) or f'exit status {proc.returncode}'}")
     return out.decode(errors="replace")
 
 

@@ -8,7 +8,8 @@ from rack import apps, objects
 from rack.context import Rack
 from rack.errors import NotFound, RackError
 from rack.ids import check_id
-from rack.logs import BuildLog
+from rack.logs.stream import BuildLog
+from rack.reasons import Reason
 from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,12 @@ def cancel(rack: Rack, app: str, build_id: str) -> dict:
     if row is None or row["app"] != app:
         raise NotFound(f"build not found: {build_id}")
     if row["status"] in ("created", "running"):
-        fail(rack, row, reason="cancelled: the build was cancelled")
+        fail(rack, row, reason=Reason.CANCELLED("the build was cancelled"))
     with rack.db.transaction() as conn:
-        return sql.get(conn, app=app, id=build_id)
+        row = sql.get(conn, app=app, id=build_id)
+    if row is None:  # the app was deleted meanwhile
+        raise NotFound(f"build not found: {build_id}")
+    return row
 
 
 def reap(rack: Rack) -> list[tuple[str, str]]:
@@ -77,17 +81,17 @@ def reap(rack: Rack) -> list[tuple[str, str]]:
     done = []
     for row in lost:
         reason = (
-            f"worker-lost: the worker running this build ({row['process']}) stopped responding"
+            f"{Reason.WORKER_LOST}: the worker running this build ({row['process']}) stopped responding"
             f" for over {settings.heartbeat_timeout}s"
         )
         if fail(rack, row, reason=reason, only_from=("running",)):
             done.append((row["id"], reason))
     for row in expired:
-        reason = f"expired: no worker started this build within {settings.queue_expiry}s"
+        reason = f"{Reason.EXPIRED}: no worker started this build within {settings.queue_expiry}s"
         if fail(rack, row, reason=reason, only_from=("created",)):
             done.append((row["id"], reason))
     for row in overdue:
-        reason = f"timeout: the build ran longer than its limit of {row['timeout']}s"
+        reason = f"{Reason.TIMEOUT}: the build ran longer than its limit of {row['timeout']}s"
         if fail(rack, row, reason=reason, only_from=("running",)):
             done.append((row["id"], reason))
     for build_id, reason in done:

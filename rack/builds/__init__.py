@@ -1,0 +1,7 @@
+"""The build record: create, list, read and update builds, and end them from outside their worker.
+
+`record` holds a build's row and its JSON; `lifecycle` ends builds from outside (cancel, and the reaper for
+lost, expired and overdue builds). May import the rack's base modules (config, context, db, errors, ids,
+sql, storage, apps, objects) and `rack.logs`; never `rack.pipeline` (the pipeline uses builds, not the
+reverse).
+"""
