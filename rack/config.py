@@ -80,3 +80,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     if not values.get("password"):
         raise ConfigError("RACK_PASSWORD is required: set it to the password clients log in with")
     return Settings(**values)
+
+
+def variables() -> dict[str, bool]:
+    """Return every `RACK_*` variable `load_settings` reads, mapped to whether it holds a credential."""
+    return {f"RACK_{f.name.upper()}": not f.repr for f in fields(Settings)}
