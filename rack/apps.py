@@ -9,12 +9,12 @@ from rack.errors import Conflict, Invalid, NotFound
 from rack.sql import apps as sql
 
 MAX_BUILD_TIMEOUT = 86400
-NAME = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
+NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
 
 
 def check_name(name: str) -> str:
     """Refuse app names Convox would refuse: lowercase letters, digits and dashes, 30 at most."""
-    if not NAME.match(name or ""):
+    if not NAME.fullmatch(name or ""):
         raise Invalid(
             f"app name {name!r} is invalid: use 1 to 30 lowercase letters, digits and dashes,"
             " starting with a letter"
@@ -62,7 +62,7 @@ def create(rack: Rack, *, name: str, generation: str = "2", timeout: str | None 
 
 def get(rack: Rack, name: str, conn=None) -> dict:
     """Find an app by name or raise NotFound."""
-    if not NAME.match(name or ""):
+    if not NAME.fullmatch(name or ""):
         raise NotFound(f"app not found: {name}")
     if conn is not None:
         row = sql.get(conn, name=name)

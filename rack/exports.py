@@ -44,7 +44,7 @@ from rack.sql import builds as sql
 CHUNK = 1024 * 1024
 BLOCK = 512
 JSON_MAX = 4 * 1024 * 1024
-IMAGE_TAR = re.compile(r"^([a-z][a-z0-9-]{0,62})\.(B[A-Z]{10})\.tar$")
+IMAGE_TAR = re.compile(r"([a-z][a-z0-9-]{0,62})\.(B[A-Z]{10})\.tar")
 TEXT_FIELDS = ("description", "entrypoint", "git-sha", "manifest")
 
 
@@ -180,7 +180,7 @@ def read_archive(body: BinaryIO, folder: Path, *, limit: int, max_bytes: int) ->
                     if member.size > JSON_MAX:
                         raise Invalid(f"build.json is larger than {JSON_MAX} bytes")
                     source = _parse_build(fh.read())
-                elif m := IMAGE_TAR.match(name):
+                elif m := IMAGE_TAR.fullmatch(name):
                     if m.group(1) in tars:
                         raise Invalid(f"the import holds two image archives for service {m.group(1)}")
                     tars[m.group(1)] = path = folder / name

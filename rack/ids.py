@@ -8,7 +8,7 @@ import string
 
 from rack.errors import NotFound
 
-_ID = re.compile(r"^[A-Z][A-Z]{10}$")
+_ID = re.compile(r"[A-Z]{11}")
 
 
 def new_id(prefix: str) -> str:
@@ -18,6 +18,6 @@ def new_id(prefix: str) -> str:
 
 def check_id(kind: str, value: str) -> str:
     """Answer 404 at once for anything that cannot be an ID of this kind."""
-    if not _ID.match(value or "") or not value.startswith(kind[0].upper()):
+    if not _ID.fullmatch(value or "") or not value.startswith(kind[0].upper()):
         raise NotFound(f"{kind} not found: {value}")
     return value

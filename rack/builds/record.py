@@ -18,7 +18,7 @@ from rack.timefmt import parse_convox, rfc3339
 
 STATUSES = ("created", "running", "complete", "failed")
 FINAL = ("complete", "failed")
-ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def serialize(row: dict) -> dict:
@@ -49,7 +49,7 @@ def parse_build_args(values: list[str]) -> list[str]:
         if not item:
             continue
         name = item.split("=", 1)[0]
-        if not ARG_NAME.match(name):
+        if not ARG_NAME.fullmatch(name):
             raise Invalid(
                 f"invalid build arg {item!r}: expected NAME=VALUE with NAME like [A-Za-z_][A-Za-z0-9_]*"
             )
