@@ -15,7 +15,7 @@ from rack.context import Rack
 from rack.db import Database, execute
 from rack.migrate import migrate
 from rack_stack import Stack
-from tests.helpers import basic
+from tests.helpers import SimBuild, basic
 
 
 def _stack_home(name: str) -> Path:
@@ -130,3 +130,12 @@ def cli_env(live_server, monkeypatch, tmp_path):
     monkeypatch.setenv("RACK_URL", live_server.rack_url)
     monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "convox-config"))
     return {"RACK_URL": live_server.rack_url, "CONVOX_CONFIG": str(tmp_path / "convox-config")}
+
+
+@pytest.fixture
+def sim(rack):
+    """Make builds that the test drives as a worker would (app `logs`): see tests.helpers.SimBuild."""
+    from rack import apps
+
+    apps.create(rack, name="logs")
+    return lambda: SimBuild(rack, "logs")

@@ -8,6 +8,7 @@ processes) at once, the way a host losing power or the OOM killer would take the
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import socket
@@ -17,6 +18,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+
+from rack import objects
+from rack.builds import record as builds
+from rack.logs.stream import BuildLog
+from rack.sql import builds as sql
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 BIN = CHECKOUT / ".venv" / "bin"
@@ -250,3 +256,39 @@ def workers_enqueue(rack, monkeypatch, stack_env: Mapping[str, str], *, storage:
     env = worker_env_for(stack_env, storage=storage, **settings)
     monkeypatch.setattr(rack, "enqueue_build", enqueue_build_for(load_settings(env)))
     return env
+
+
+class SimBuild:
+    """A build driven by the test the way a worker drives one: running, lines into its stream, final."""
+
+    def __init__(self, rack, app: str) -> None:
+        self.rack, self.app = rack, app
+        objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(b"source"))
+        self.id = builds.create(rack, app, url=f"object://{app}/tmp/src.tgz")["id"]
+        self.log = BuildLog(rack.redis, self.id)
+
+    def start(self) -> None:
+        with self.rack.db.transaction() as conn:
+            assert sql.mark_running(conn, id=self.id, process="test")
+
+    def write(self, text: str | bytes) -> None:
+        self.log.append(text)
+
+    def write_lines(self, first: int, last: int, pause: float = 0.0) -> None:
+        for i in range(first, last):
+            self.write(f"Step {i}: RUN echo héllo ✓ {'x' * (i % 50)}\n")
+            if pause:
+                time.sleep(pause)
+
+    def finish(self, status: str = "complete", *, reason: str = "", store: bool = True, end: bool = True):
+        fields = {}
+        if store:
+            data = io.BytesIO(self.log.text())
+            fields["logs"] = objects.put_bytes_stream(self.rack, self.app, f"build/{self.id}/logs", data)
+        with self.rack.db.transaction() as conn:
+            assert sql.finish(conn, id=self.id, status=status, reason=reason, fields=fields)
+        if end:
+            self.log.end(status, ttl=60)
+
+    def expected(self) -> bytes:
+        return self.log.text()

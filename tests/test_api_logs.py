@@ -8,19 +8,12 @@ from pathlib import Path
 import pytest
 import requests
 import websocket
-from test_buildlogs import SimBuild
 
 from rack import apps
 from rack.sql import builds as sql
-from tests.helpers import basic, rack_env, start_api, wait_for
+from tests.helpers import SimBuild, basic, rack_env, start_api, wait_for
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def sim(rack):
-    apps.create(rack, name="logs")
-    return lambda: SimBuild(rack, "logs")
 
 
 class Follower(threading.Thread):

@@ -10,19 +10,11 @@ import time
 import click
 import pytest
 from click.testing import CliRunner
-from test_buildlogs import SimBuild
 
 from cli.client import RackClient
 from cli.logs import follow_build
 from cli.main import main
 from cli.settings import Endpoint
-from rack import apps
-
-
-@pytest.fixture
-def sim(rack):
-    apps.create(rack, name="logs")
-    return lambda: SimBuild(rack, "logs")
 
 
 class Relay:

@@ -11,7 +11,7 @@ import requests
 
 from cli.source import package
 from rack_stack import images
-from tests.realworker import free_port, wait_for, worker_env_for
+from tests.helpers import free_port, wait_for, worker_env_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "myapp"
 
