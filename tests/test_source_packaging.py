@@ -21,7 +21,7 @@ def make_tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def members(fh) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(fileobj=fh, mode="r:gz") as tar:
+    with tarfile.open(fileobj=fh, mode="r:*") as tar:
         return {m.name: m for m in tar.getmembers()}
 
 
@@ -133,3 +133,21 @@ def test_upload_body_has_a_length_and_reports_progress(tmp_path):
         assert b"".join(body) == data  # re-iterable, e.g. when a request is retried
     total = len(data)
     assert seen[:3] == [(1024 * 1024, total), (2 * 1024 * 1024, total), (total, total)]
+
+
+@pytest.mark.parametrize("compressible", [True, False])
+def test_package_gzips_only_what_compresses_and_the_rack_extracts_both(tmp_path, compressible):
+    from rack.pipeline.source import extract_tarball
+
+    root = tmp_path / "ctx"
+    root.mkdir()
+    for n in range(20):
+        (root / f"f{n}").write_bytes(b"line of text\n" * 5000 if compressible else os.urandom(65000))
+    with package(root) as fh:
+        head = fh.read(2)
+        fh.seek(0)
+        assert (head == b"\x1f\x8b") is compressible
+        dest = tmp_path / "out"
+        dest.mkdir()
+        extract_tarball(fh, dest, max_bytes=10**8, max_entries=100)
+    assert all((dest / f"f{n}").read_bytes() == (root / f"f{n}").read_bytes() for n in range(20))
