@@ -30,6 +30,7 @@ def test_create_records_and_enqueues_after_commit(client, source, enqueued, rack
     assert build["description"] == "first"
     assert build["git-sha"] == "abc123"
     assert build["ended"] == "0001-01-01T00:00:00Z"
+    assert build["phases"] == {}  # nothing timed before a worker runs it
     assert enqueued == [build["id"]]
     with rack.db.transaction() as conn:
         stored = sql.get(conn, app="myapp", id=build["id"])

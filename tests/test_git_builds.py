@@ -81,6 +81,7 @@ def test_a_branch_url_builds_and_records_the_cloned_commit(grack, repo, docker_s
     row = run(grack, builds.create(grack, "gitapp", url=repo["url"] + "#main")["id"])
     assert row["status"] == "complete", row["reason"]
     assert row["git_sha"] == repo["second"]
+    assert list(builds.phases(row)) == ["fetch", "build", "push", "release"]  # a clone has no extract
     assert row["release"] and row["manifest"].startswith("services:")
     assert f"Cloning: {repo['url']}#main\n" in log_text(grack, row)
     assert printed(docker_stack, row["images"]["web"]["image"]) == "two\n"

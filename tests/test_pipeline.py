@@ -137,6 +137,16 @@ def test_example_app_builds_and_makes_a_release(prack, myapp):
     assert apps.get(prack, "myapp")["release"] != myapp["release"]  # created, not promoted
 
 
+def test_each_phase_is_timed_on_the_build_and_in_its_json(prack, myapp):
+    phases = builds.phases(myapp)
+    assert list(phases) == ["fetch", "extract", "build", "push", "release"]
+    assert all(isinstance(v, float) and v >= 0 for v in phases.values()), phases
+    assert phases["build"] > 0 and phases["push"] > 0 and phases["extract"] > 0
+    # the phases happen one after another inside the time the build ran
+    assert sum(phases.values()) <= (myapp["ended"] - myapp["running_at"]).total_seconds() + 0.01
+    assert builds.serialize(builds.get(prack, "myapp", myapp["id"]))["phases"] == phases
+
+
 def test_images_are_in_the_registry_with_the_recorded_digests(prack, myapp):
     registry = prack.settings.registry
     assert set(myapp["images"]) == {"web", "worker", "tools"}
@@ -229,6 +239,8 @@ def test_a_failing_step_fails_the_build_naming_the_step(broken, tmp_path):
     assert "tok-secret-123" not in text
     assert text.endswith(f"ERROR: {row['reason'].removeprefix('user:step: ')}\n")
     assert BuildLog(broken.redis, row["id"]).last_entry().end_status == "failed"
+    assert list(builds.phases(row)) == ["fetch", "extract", "build"]  # the failed phase is timed too
+    assert row["phases"]["build"] > 0
 
 
 @pytest.mark.parametrize(
@@ -306,13 +318,21 @@ def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client
     url = upload(broken, "broken", write_app(tmp_path, SLOW))
     row = builds.create(broken, "broken", url=url)
 
-    canceller = when_started(broken, row["id"], lambda: request_cancel(broken, row))
+    seen: dict = {}
+
+    def look_then_cancel() -> None:
+        seen.update(builds.phases(builds.get(broken, "broken", row["id"])))
+        request_cancel(broken, row)
+
+    canceller = when_started(broken, row["id"], look_then_cancel)
     began = time.monotonic()
     result = pipeline.run_build(broken, row["id"], process="tests:1")
     canceller.join(5)
     assert result["status"] == "failed"
     assert result["reason"] == "cancelled: the build was cancelled"
     assert time.monotonic() - began < 20
+    assert list(seen) == ["fetch", "extract"]  # saved as each phase ended, while the build ran
+    assert list(builds.phases(result)) == ["fetch", "extract", "build"]
     assert docker_client.containers.list(filters={"ancestor": "busybox"}) == []
 
 

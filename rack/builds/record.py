@@ -18,6 +18,7 @@ from rack.timefmt import parse_convox, rfc3339
 
 STATUSES = ("created", "running", "complete", "failed")
 FINAL = ("complete", "failed")
+PHASES = ("fetch", "extract", "build", "push", "release")  # the timed phases of a build, in order
 ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -39,7 +40,14 @@ def serialize(row: dict) -> dict:
         "started": rfc3339(row["started"]),
         "ended": rfc3339(row["ended"]) if row["ended"] else rfc3339(None),
         "images": row["images"],
+        "phases": phases(row),
     }
+
+
+def phases(row: dict) -> dict[str, float]:
+    """The seconds each phase of a build took so far, in the order they run (JSONB keeps no order)."""
+    seconds = row.get("phases") or {}
+    return {name: seconds[name] for name in PHASES if name in seconds}
 
 
 def parse_build_args(values: list[str]) -> list[str]:

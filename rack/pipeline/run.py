@@ -115,15 +115,17 @@ def _record(rack: Rack, step):
 
 def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str) -> dict | None:
     """Store the log, then create the release and mark the build complete in one transaction."""
+    start = time.monotonic()  # the "release" phase: storing the log and recording the release
     fields = {"logs": _store_log(rack, row, out), "images": run.images, "entrypoint": run.entrypoint or ""}
 
     def finish(conn) -> dict:
         release = releases.create_in(conn, app=row["app"], build=row["id"])
+        phases = dict(run.phases.as_dict(), release=round(time.monotonic() - start, 3))
         done = sql.finish(
             conn,
             id=row["id"],
             status="complete",
-            fields={**fields, "release": release["id"]},
+            fields={**fields, "release": release["id"], "phases": phases},
             process=process,
         )
         if done is None:
@@ -151,6 +153,8 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
         return None
     reason = out.build_log.masker.mask(error.reason)
     fields: dict = {"images": run.images if run else {}}
+    if run is not None:
+        fields["phases"] = run.phases.as_dict()
     if not out.closed:
         out.line(f"ERROR: {error.message}")
         fields["logs"] = _store_log(rack, row, out)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rack import objects, releases
+from rack.builds.record import PHASES
 from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import Masker, secret_values
@@ -95,6 +99,41 @@ class Output:
         return self.text
 
 
+class Phases:
+    """How long each phase of a build took, saved on the build row as each phase ends."""
+
+    def __init__(self, rack: Rack, build_id: str) -> None:
+        self.rack = rack
+        self.build_id = build_id
+        self._seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        """Time a phase (added to its earlier runs: one per service) and save it, even when it fails."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - start)
+            self.save()
+
+    def add(self, name: str, seconds: float) -> None:
+        assert name in PHASES, name
+        self._seconds[name] = self._seconds.get(name, 0.0) + seconds
+
+    def as_dict(self) -> dict[str, float]:
+        """The phases so far, in seconds to the millisecond, in the order they run."""
+        return {name: round(self._seconds[name], 3) for name in PHASES if name in self._seconds}
+
+    def save(self) -> None:
+        """Write the phases on the running build; the outcome writes them again, so a miss costs nothing."""
+        try:
+            with self.rack.db.transaction() as conn:
+                sql.update(conn, id=self.build_id, fields={"phases": self.as_dict()}, only_from=("running",))
+        except RackError as exc:
+            log.warning("build %s: phase timings not saved yet: %s", self.build_id, exc)
+
+
 def inside(root: Path, relative: str, *, code: Reason, what: str) -> Path:
     """Resolve a path given in the source and refuse one that leads outside it."""
     path = (root / relative).resolve()
@@ -116,6 +155,10 @@ class BuildRun:
     git_sha: str = ""
     images: dict[str, dict[str, str]] = field(default_factory=dict)
     entrypoint: str | None = None
+    phases: Phases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.phases = Phases(self.rack, self.row["id"])
 
     @property
     def options(self) -> dict:
@@ -141,17 +184,19 @@ class BuildRun:
         for service in services:
             self.check()
             tag = f"{self.rack.settings.registry}/{self.row['app']}:{service.name}.{self.row['id']}"
-            if service.image:
-                self.retag(service.image, tag, pull=True)
-            elif service.build_key in built:
-                self.retag(built[service.build_key], tag)
-            else:
-                self.build(service, tag, env)
-                built[service.build_key] = tag
-                if self.entrypoint is None:
-                    self.entrypoint = self.engine.entrypoint(tag)
+            with self.phases.timing("build"):
+                if service.image:
+                    self.retag(service.image, tag, pull=True)
+                elif service.build_key in built:
+                    self.retag(built[service.build_key], tag)
+                else:
+                    self.build(service, tag, env)
+                    built[service.build_key] = tag
+                    if self.entrypoint is None:
+                        self.entrypoint = self.engine.entrypoint(tag)
             self.out.line(f"Running: docker push {tag}")
-            digest = drain(self.engine.push(tag, check=self.check), self.out.write)
+            with self.phases.timing("push"):
+                digest = drain(self.engine.push(tag, check=self.check), self.out.write)
             self.images[service.name] = {"image": tag, "digest": digest}
         self.check()  # a cancel that came during the last push still wins
 
@@ -169,13 +214,15 @@ class BuildRun:
         if url.startswith("object://"):
             app, key = objects.parse_url(url)
             try:
-                body = self.rack.store.open(f"{app}/{key}")
+                with self.phases.timing("fetch"):
+                    body = self.rack.store.open(f"{app}/{key}")
             except FileNotFoundError:
                 raise BuildUserError(Reason.SOURCE, f"the source object is gone: {url}") from None
             except RackError as exc:
                 raise BuildPlatformError(Reason.STORAGE, f"reading {url}: {exc.message}") from exc
             self.src.mkdir()
-            with body:
+            # the archive is read as it is unpacked: "extract" includes reading the object's bytes
+            with body, self.phases.timing("extract"):
                 extract_tarball(
                     body,
                     self.src,
@@ -185,13 +232,14 @@ class BuildRun:
                 )
         else:
             self.out.line(f"Cloning: {scrub(url)}")
-            self.git_sha = clone_git(
-                url,
-                self.src,
-                timeout=max(1, int(self.watch.remaining())),
-                allow_local=settings.git_allow_local,
-                stop=self.stopping,
-            )
+            with self.phases.timing("fetch"):  # a clone fetches and checks out at once: no "extract"
+                self.git_sha = clone_git(
+                    url,
+                    self.src,
+                    timeout=max(1, int(self.watch.remaining())),
+                    allow_local=settings.git_allow_local,
+                    stop=self.stopping,
+                )
 
     def read_manifest(self) -> tuple[str, str]:
         """Read the manifest, save its text on the build, and return it with its name."""

@@ -21,6 +21,7 @@ COLUMNS = {
     "ended",
     "status",
     "images",
+    "phases",
 }
 
 
