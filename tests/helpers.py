@@ -292,3 +292,28 @@ class SimBuild:
 
     def expected(self) -> bytes:
         return self.log.text()
+
+
+def own_database(stack_env: Mapping[str, str], name: str) -> str:
+    """Return a URL of the stack's Postgres whose tables are its own (schema `name`), migrated and empty.
+
+    A second rack on the same machine: its own tables, the same server.
+    """
+    import psycopg2
+
+    from rack.db import Database, execute
+    from rack.migrate import migrate
+
+    base = stack_env["RACK_DATABASE_URL"]
+    conn = psycopg2.connect(base)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
+    conn.close()
+    url = base + ("&" if "?" in base else "?") + f"options=-csearch_path%3D{name}"
+    db = Database(url)
+    migrate(db)
+    with db.transaction() as tx:
+        execute(tx, "TRUNCATE apps, builds, releases CASCADE")
+    db.close()
+    return url
