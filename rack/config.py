@@ -37,6 +37,8 @@ class Settings:
     queue_expiry: int = 3600
     extract_max_bytes: int = 8 * GiB
     extract_max_entries: int = 200_000
+    extract_max_depth: int = 256  # folders deep; deeper trees break tools that walk them recursively
+    build_dir: str = ""  # where workers make build folders; "" is <tmp>/rack-builds
     manifest_max_bytes: int = 1024 * 1024
     build_memory: int = 0
     build_cpus: float = 0.0

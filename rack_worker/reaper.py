@@ -13,6 +13,7 @@ from celery.signals import worker_ready, worker_shutdown
 from rack.builds import lifecycle
 from rack.config import load_settings
 from rack.context import Rack
+from rack.pipeline import folders
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -30,6 +31,10 @@ def reap_forever(rack: Rack, stop: threading.Event) -> None:
 @worker_ready.connect
 def start_reaper(**_kw) -> None:
     rack = Rack(load_settings())
+    try:  # what a killed worker left on this host's disk
+        folders.sweep(rack)
+    except Exception:
+        log.warning("sweeping build folders failed", exc_info=True)
     threading.Thread(target=reap_forever, args=(rack, _stop), name="rack-reaper", daemon=True).start()
 
 

@@ -26,7 +26,7 @@ from rack.pipeline import run as pipeline
 MiB = 1024 * 1024
 MANIFEST = "services:\n  web:\n    build: .\n"
 DOCKERFILE = "FROM busybox\nRUN echo built\n"
-# The build's source folder is <tmp>/work/rack-<id>-<random>/src: three levels up is <tmp>.
+# The build's source folder is <tmp>/work/<id>-<random>/src: three levels up is <tmp>.
 UP = "../../../"
 
 
@@ -39,7 +39,9 @@ def box(docker_stack, rack, tmp_path, monkeypatch):
     (outside / "target").write_text("original\n")
     (outside / "Dockerfile").write_text(DOCKERFILE)  # would build fine if a build could reach it
     monkeypatch.setattr(tempfile, "tempdir", str(work))
-    small = dataclasses.replace(rack.settings, extract_max_bytes=8 * MiB, extract_max_entries=200)
+    small = dataclasses.replace(
+        rack.settings, extract_max_bytes=8 * MiB, extract_max_entries=200, build_dir=str(work)
+    )
     monkeypatch.setattr(rack, "settings", small)
     return tmp_path
 
@@ -121,6 +123,7 @@ ARCHIVES = {
     "fifo": lambda out: archive(member("pipe", kind=tarfile.FIFOTYPE)),
     "size bomb": lambda out: archive(member("zeros", bytes(16 * MiB))),
     "entry bomb": lambda out: archive(*(member(f"f{i}", b"") for i in range(300))),
+    "1000 folders deep": lambda out: archive(member("d/" * 1000 + "f", b"x")),
     "truncated": lambda out: TRUNCATED,
     "not gzip": lambda out: b"this is not a tarball\n" * 10,
     "gzip of text": lambda out: gzip.compress(b"hello world\n" * 100),
@@ -149,6 +152,8 @@ BAD_MANIFESTS = {
     "alias-bomb": ALIAS_BOMB + "services:\n  web:\n    build: .\n",
     "huge": "services:\n  web:\n    build: .\n" + "# padding\n" * 150_000,
     "not-yaml": "\x00\x01 services: [\n",
+    "nul-in-image": 'services:\n  web:\n    image: "busy\\0box"\n',
+    "space-in-image": 'services:\n  web:\n    image: "busybox; touch OUT/owned"\n',
 }
 
 

@@ -24,6 +24,14 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 _VAR = re.compile(r"\$\{([^}]*?)\}")
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
+# An image reference as the engine parses it: [host[:port]/]path[:tag][@digest] (distribution/reference)
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?"
+_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE = re.compile(
+    rf"(?:{_HOST}/)?{_PART}(?:/{_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@{_DIGEST})?"
+)
+MAX_IMAGE = 512
 _q = functools.partial(json.dumps, ensure_ascii=False)  # quote a name or path, escaping control characters
 
 
@@ -153,6 +161,9 @@ def _service(key: Any, body: Any, environment: list[str], filename: str) -> Serv
     image = body.get("image")
     if image is not None and not isinstance(image, str):
         raise _error(f"{where}: image must be a string, not a {_kind(image)}")
+    if image and (len(image) > MAX_IMAGE or not _IMAGE.fullmatch(image)):
+        shown = _q(image if len(image) <= 200 else image[:200] + "...")
+        raise _error(f"{where}: image {shown} is not an image reference such as registry/name:tag")
     path, dockerfile, args = _build(body.get("build"), where)
     command = body.get("command")
     if command is not None and not isinstance(command, str):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from rack import objects, releases
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, RackError, Unavailable
 from rack.logs.masking import Masker, secret_values
 from rack.logs.stream import BuildLog
+from rack.pipeline import folders
 from rack.pipeline.engine.classic import Engine
 from rack.pipeline.steps import BuildRun, Output
 from rack.pipeline.watch import Watch
@@ -28,25 +26,38 @@ class _Lost(Exception):
 
 
 def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
-    """Run a `created` build to its end and return its final row; None when it is not this worker's to run."""
+    """Run a `created` build to its end and return its final row; None when it is not this worker's to run.
+
+    Whatever goes wrong once the build is claimed, it ends with a recorded outcome: an unexpected error
+    becomes `platform:internal` (traceback in this process's log), never a build left `running`.
+    """
     claimed = claim(rack, build_id, process=process)
     if claimed is None:
         return None
     row, timeout = claimed
+    try:
+        return _run(rack, row, timeout, process=process)
+    except Exception as exc:
+        log.exception("build %s: recording its outcome failed", build_id)
+        return _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
+
+
+def _run(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
+    build_id = row["id"]
     settings = rack.settings
     build_log = BuildLog(rack.redis, build_id, masker=Masker(secret_values({}, [settings.registry_password])))
     out = Output(build_log)
-    src = Path(tempfile.mkdtemp(prefix=f"rack-{build_id}-"))
     watch = Watch(rack, build_id=build_id, process=process, timeout=timeout)
     run: BuildRun | None = None
     error: BuildError | None = None
     # The watch heartbeats until the outcome is recorded: storing the log can take a while, and a build
     # that looks silent meanwhile would be reaped as worker-lost.
     with watch:
+        folder = folders.make(rack, build_id)
         try:
             with Engine(settings) as engine:
                 watch.on_stop(engine.interrupt)
-                run = BuildRun(rack, row, src / "src", out, engine, watch)
+                run = BuildRun(rack, row, folder / "src", out, engine, watch)
                 run.run()
         except BuildError as exc:
             error = exc
@@ -60,12 +71,32 @@ def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
             _fail(rack, row, out, watch.stopped or error, process=process, run=run)
             raise
         finally:
-            shutil.rmtree(src, ignore_errors=True)
+            folders.remove(folder)
         if error is not None:
             # Once the build was told to stop, what failed next (a killed step) is a consequence.
             return _fail(rack, row, out, watch.stopped or error, process=process, run=run)
         assert run is not None  # no error: the run was made and ran
         return _complete(rack, row, out, run, process=process)
+
+
+def _last_resort(rack: Rack, row: dict, message: str, *, process: str) -> dict | None:
+    """Fail the build with `platform:internal`, recording nothing else that could be refused again."""
+    reason = storable(Reason.INTERNAL(message))
+    try:
+        done = _record(
+            rack, lambda conn: sql.finish(conn, id=row["id"], status="failed", reason=reason, process=process)
+        )
+        BuildLog(rack.redis, row["id"]).end("failed", ttl=rack.settings.log_stream_ttl)
+    except Exception:
+        log.exception("build %s: even its failure could not be recorded", row["id"])
+        return None
+    return done
+
+
+def storable(text: str, *, limit: int = 4096) -> str:
+    """Return text that Postgres can hold (no NUL), cut to `limit` characters."""
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None:
@@ -151,7 +182,7 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
     if error.code == Reason.LOST:  # whoever ended the build logged why and stored the log
         out.close()
         return None
-    reason = out.build_log.masker.mask(error.reason)
+    reason = storable(out.build_log.masker.mask(error.reason))
     fields: dict = {"images": run.images if run else {}}
     if run is not None:
         fields["phases"] = run.phases.as_dict()

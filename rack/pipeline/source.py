@@ -107,7 +107,13 @@ class _Body:
 
 
 def extract_tarball(
-    fileobj: BinaryIO, dest: Path, *, max_bytes: int, max_entries: int, stop: Stop | None = None
+    fileobj: BinaryIO,
+    dest: Path,
+    *,
+    max_bytes: int,
+    max_entries: int,
+    max_depth: int = 256,
+    stop: Stop | None = None,
 ) -> None:
     """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
     # on a refusal dest may hold part of the tree: the caller owns dest and removes it. `stop` is asked
@@ -117,7 +123,9 @@ def extract_tarball(
     try:
         if os.listdir(root_fd):
             raise ValueError(f"{dest} must be an empty directory")
-        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries).run(fileobj, stop)
+        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth).run(
+            fileobj, stop
+        )
     finally:
         os.close(root_fd)
 
@@ -125,8 +133,9 @@ def extract_tarball(
 class _Extraction:
     """Write archive members under one root, never following a link and never leaving the root."""
 
-    def __init__(self, root: str, root_fd: int, *, max_bytes: int, max_entries: int) -> None:
+    def __init__(self, root: str, root_fd: int, *, max_bytes: int, max_entries: int, max_depth: int) -> None:
         self.root, self.root_fd, self.max_bytes, self.max_entries = root, root_fd, max_bytes, max_entries
+        self.max_depth = max_depth
         self.too_big = f"the source archive is larger than {max_bytes} bytes when extracted"
         self.total = 0
         self.kinds: dict[str, str] = {}  # archive path -> "dir" | "file" | "link"
@@ -168,6 +177,8 @@ class _Extraction:
             )
             raise _bad(name, f"is {kind}; only files, directories and links are allowed")
         parts = _parts(name, name)
+        if len(parts) > self.max_depth:
+            raise _bad(name, f"is {len(parts)} levels deep; the limit is {self.max_depth}")
         if member.issym():
             resolved = posixpath.normpath(posixpath.join(*parts[:-1], target)) if target else ".."
             if target.startswith("/") or resolved == ".." or resolved.startswith("../"):

@@ -16,7 +16,7 @@ from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
-from rack.pipeline import dockerfile, manifest
+from rack.pipeline import dockerfile, folders, manifest
 from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
@@ -228,6 +228,7 @@ class BuildRun:
                     self.src,
                     max_bytes=settings.extract_max_bytes,
                     max_entries=settings.extract_max_entries,
+                    max_depth=settings.extract_max_depth,
                     stop=self.stopping,
                 )
         else:
@@ -239,6 +240,10 @@ class BuildRun:
                     timeout=max(1, int(self.watch.remaining())),
                     allow_local=settings.git_allow_local,
                     stop=self.stopping,
+                )
+            if folders.depth_over(self.src, settings.extract_max_depth):
+                raise BuildUserError(
+                    Reason.SOURCE, f"the repository nests deeper than {settings.extract_max_depth} folders"
                 )
 
     def read_manifest(self) -> tuple[str, str]:

@@ -97,20 +97,19 @@ class Engine:
         image_id = ""
         step = ""
         with engine_errors("building"):
-            stream = self.api.build(
-                path=str(context),
-                dockerfile=dockerfile,
-                tag=tag,
-                buildargs=buildargs,
-                target=target,
-                nocache=nocache,
-                pull=False,  # no outside registry: FROM images come from the engine or our registry
-                rm=True,
-                forcerm=False,  # a failed step's container stays until _remove_container: why did it stop?
-                network_mode="host",  # the engine runs with --bridge none
-                container_limits=self._limits(),
-                decode=True,
-            )
+            try:
+                stream = self._start_build(
+                    path=str(context),
+                    dockerfile=dockerfile,
+                    tag=tag,
+                    buildargs=buildargs,
+                    target=target,
+                    nocache=nocache,
+                )
+            except RecursionError:  # the SDK walks the context recursively to apply .dockerignore
+                raise BuildUserError(
+                    Reason.SOURCE, f"the build context {context.name!r} nests too deep to send"
+                ) from None
             progress = Progress()
             try:
                 for event in stream:
@@ -131,6 +130,17 @@ class Engine:
                 self._remove_container()
         check()
         return image_id or self.image_id(tag)
+
+    def _start_build(self, **kw):
+        return self.api.build(
+            **kw,
+            pull=False,  # no outside registry: FROM images come from the engine or our registry
+            rm=True,
+            forcerm=False,  # a failed step's container stays until _remove_container: why did it stop?
+            network_mode="host",  # the engine runs with --bridge none
+            container_limits=self._limits(),
+            decode=True,
+        )
 
     def _track(self, text: str, step: str) -> str:
         """Follow the step and its container through the output (one chunk may hold several lines)."""
