@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class LineEnd:
 def build_options(fn):
     """Attach the flags `convox build` and `convox deploy` share."""
     options = [
-        click.argument("directory", default=".", type=click.Path(exists=True, file_okay=False)),
+        click.argument("directory", default=".", metavar="[DIR | GIT_URL[#REF]]"),
         app_option,
         click.option(
             "-d", "--description", default=None, help="describe the build (default: the git commit)"
@@ -69,6 +70,11 @@ def build_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def is_git_url(source: str) -> bool:
+    """A source the rack fetches itself (`https://host/repo.git#ref`), not a folder to upload."""
+    return source.startswith(("https://", "http://", "git://", "ssh://"))
 
 
 def _git(directory: str, *args: str) -> str | None:
@@ -159,22 +165,28 @@ def run_build(
     say: Say,
 ) -> tuple[RackClient, str, dict]:
     """Package, upload, start and follow a build; return the client, the app and the finished build."""
+    remote = is_git_url(directory)
+    if not remote and not os.path.isdir(directory):
+        raise click.BadParameter(f"{directory!r} is neither a folder nor a git URL", param_hint="DIR")
     client = RackClient()
-    app = resolve_app(app, directory)
+    app = resolve_app(app, "." if remote else directory)
     for arg in build_args:
         if "," in arg:
             raise click.BadParameter(f"{arg!r}: values cannot contain commas", param_hint="--build-args")
-    description, git_sha = git_details(directory, description)
-    client.get(f"/apps/{app}")  # a missing app fails here, before packaging a large folder
-
-    say("Packaging source... ", nl=False)
-    try:
-        fh = package(directory, manifest=manifest)
-    except OSError as exc:
-        raise click.ClickException(f"cannot package {directory}: {exc}") from None
-    with fh:
-        say("OK")
-        url = upload(client, app, fh, say)
+    if remote:  # the rack clones it: the worker records the commit it checked out
+        description, git_sha, url = description or "", "", directory
+        client.get(f"/apps/{app}")
+    else:
+        description, git_sha = git_details(directory, description)
+        client.get(f"/apps/{app}")  # a missing app fails here, before packaging a large folder
+        say("Packaging source... ", nl=False)
+        try:
+            fh = package(directory, manifest=manifest)
+        except OSError as exc:
+            raise click.ClickException(f"cannot package {directory}: {exc}") from None
+        with fh:
+            say("OK")
+            url = upload(client, app, fh, say)
 
     say("Starting build... ", nl=False)
     form = {"url": url, "description": description, "manifest": manifest, "git-sha": git_sha}
@@ -204,7 +216,7 @@ def _finish(build: dict, say: Say) -> None:
 @click.command()
 @build_options
 def build(directory: str, id_only: bool, wait: bool, **opts) -> None:
-    """Build an app from a folder and create a release."""
+    """Build an app from a folder or a git URL (`https://host/repo.git#ref`) and create a release."""
     say = Say(quiet=id_only)
     _, _, result = run_build(directory, say=say, **opts)
     _finish(result, say)
@@ -216,7 +228,7 @@ def build(directory: str, id_only: bool, wait: bool, **opts) -> None:
 @build_options
 @click.option("--force", is_flag=True, help="accepted for compatibility: promotion never waits on a rollout")
 def deploy(directory: str, id_only: bool, wait: bool, force: bool, **opts) -> None:
-    """Build an app from a folder and promote the release."""
+    """Build an app from a folder or a git URL and promote the release."""
     say = Say(quiet=id_only)
     client, app, result = run_build(directory, say=say, **opts)
     _finish(result, say)
