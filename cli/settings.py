@@ -143,7 +143,9 @@ def _remember_rack(ctx: click.Context, _param: click.Parameter, value: str | Non
 
 
 def add_rack_option(command: click.Command) -> None:
-    """Give `command` and every command under it `-r/--rack NAME`."""
+    """Give `command` and every command under it `-r/--rack NAME` (once, though some sit in two groups)."""
+    if any(p.name == "rack" for p in command.params):
+        return
     command.params.append(
         click.Option(
             ["-r", "--rack"],

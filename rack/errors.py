@@ -37,6 +37,10 @@ class Conflict(RackError):
     status = 409
 
 
+class Busy(Conflict):
+    """The build must wait for an earlier one (of the same webhook) to end; try it again shortly."""
+
+
 class TooLarge(RackError):
     status = 413
 

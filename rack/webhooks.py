@@ -139,15 +139,44 @@ def deliver(rack: Rack, webhook_id: str, *, body: bytes, headers: Mapping[str, s
     if not sha.strip("0") or payload.get("deleted") is True:
         return 200, {"note": f"branch {branch} was deleted: nothing to build"}
     description = f"push {sha[:7]} {_first_line(_message(payload, sha))}".rstrip()
-    row = builds.create(
-        rack,
-        hook["app"],
-        url=f"{hook['repo']}#{sha}",  # the registered repo: a payload cannot point the rack elsewhere
-        description=description,
-        git_sha=sha,
-        promote=hook["promote"],
-    )
+    delivery = _delivery_id(headers)
+    digest = hashlib.sha256(body).hexdigest()
+
+    def remember(conn, row: dict) -> None:
+        if not sql.add_delivery(
+            conn, webhook=hook["id"], delivery=delivery, body_sha256=digest, build=row["id"]
+        ):
+            raise _Seen()  # rolls the new build back: the first delivery's build answers
+
+    try:
+        row = builds.create(
+            rack,
+            hook["app"],
+            url=f"{hook['repo']}#{sha}",  # the registered repo: a payload cannot point the rack elsewhere
+            description=description,
+            git_sha=sha,
+            promote=hook["promote"],
+            webhook=hook["id"],
+            also=remember,
+        )
+    except _Seen:
+        with rack.db.transaction() as conn:
+            seen = sql.find_delivery(conn, webhook=hook["id"], delivery=delivery, body_sha256=digest)
+        assert seen is not None  # a delivery row is only ever removed with its webhook or build
+        first = builds.get(rack, hook["app"], seen["build"])
+        note = f"delivery already received at {rfc3339(seen['created'])}: it built {first['id']}"
+        return 200, {"note": note, "build": builds.serialize(first)}
     return 202, {"note": f"building {sha[:7]} of {branch}", "build": builds.serialize(row)}
+
+
+class _Seen(Exception):
+    """This delivery (its id, or the very same signed body) was received before."""
+
+
+def _delivery_id(headers: Mapping[str, str]) -> str:
+    """The sender's id of this delivery (kept when it redelivers it), cut to a sane length."""
+    value = headers.get("x-github-delivery") or headers.get("x-gitlab-event-uuid") or ""
+    return value.strip()[:200]
 
 
 def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> None:

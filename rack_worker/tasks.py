@@ -9,12 +9,13 @@ from celery import shared_task
 
 from rack.config import load_settings
 from rack.context import Rack
-from rack.errors import Unavailable
+from rack.errors import Busy, Unavailable
 from rack.pipeline import run
 
 _rack: Rack | None = None
 _pid = 0
 _lock = threading.Lock()
+BUSY_RETRY = 2  # seconds before a build waiting for its webhook's earlier build looks again
 
 
 def worker_rack() -> Rack:
@@ -37,5 +38,8 @@ def worker_rack() -> Rack:
     max_retries=20,
 )
 def run_build(self, build_id: str) -> None:
-    """Run one build on this worker."""
-    run.run_build(worker_rack(), build_id, process=f"{self.request.hostname}:{self.request.id}")
+    """Run one build on this worker; one waiting for its webhook's earlier build goes back in the queue."""
+    try:
+        run.run_build(worker_rack(), build_id, process=f"{self.request.hostname}:{self.request.id}")
+    except Busy as exc:  # nothing was claimed; the queue expiry still ends a build that waits too long
+        raise self.retry(exc=exc, countdown=BUSY_RETRY, max_retries=None) from None

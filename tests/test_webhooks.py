@@ -289,3 +289,70 @@ def test_cli_add_list_delete(cli_env, live_server):
     assert len(cli("webhooks", "list", "myapp").output.splitlines()) == 2
     bad = CliRunner().invoke(main, ["webhooks", "add", "myapp", "--repo", "git@github.com:o/r.git"])
     assert bad.exit_code == 1 and "is not supported" in bad.output
+
+
+def test_a_redelivery_builds_nothing_and_answers_with_the_first_build(anonymous, hook, enqueued, rack):
+    body = push()
+    first = deliver(anonymous, hook, body, headers={"X-GitHub-Delivery": "d-1"})
+    assert first.status_code == 202, first.data
+    built = first.get_json()["build"]["id"]
+    again = deliver(anonymous, hook, body, headers={"X-GitHub-Delivery": "d-1"})
+    assert again.status_code == 200, again.data
+    assert again.get_json()["build"]["id"] == built
+    assert again.get_json()["note"].startswith("delivery already received at ")
+    assert again.get_json()["note"].endswith(f"it built {built}")
+    assert enqueued == [built]
+    # The same signed body replayed under another delivery id (or none) is the same delivery.
+    for headers in ({"X-GitHub-Delivery": "d-forged"}, {}):
+        replay = deliver(anonymous, hook, body, headers=headers)
+        assert (replay.status_code, replay.get_json()["build"]["id"]) == (200, built)
+    # GitLab's event UUID names a delivery just as well, whatever the body.
+    gitlab = {"X-GitHub-Event": None, "X-Hub-Signature-256": None, "X-Gitlab-Event": "Push Hook"}
+    gitlab |= {"X-Gitlab-Token": hook["secret"], "X-Gitlab-Event-UUID": "u-1"}
+    other = push(after="1" * 40)
+    made = deliver(anonymous, hook, other, headers=gitlab).get_json()["build"]["id"]
+    resent = deliver(anonymous, hook, push(after="1" * 40, note="resent"), headers=gitlab)
+    assert (resent.status_code, resent.get_json()["build"]["id"]) == (200, made)
+    with rack.db.transaction() as conn:
+        assert len(builds_sql.list_for_app(conn, app="myapp", limit=100)) == 2
+    assert enqueued == [built, made]
+
+
+def test_the_same_push_to_two_webhooks_builds_for_each(client, anonymous, hook, enqueued):
+    second = client.post("/apps/myapp/webhooks", data={"repo": REPO}).get_json()
+    body = push()
+    headers = {"X-GitHub-Delivery": "same"}
+    assert deliver(anonymous, hook, body, headers=headers).status_code == 202
+    assert deliver(anonymous, second, body, headers=headers).status_code == 202
+    assert len(enqueued) == 2
+
+
+def test_ping_is_answered(anonymous, hook, enqueued):
+    resp = deliver(anonymous, hook, b'{"zen": "Keep it logically awesome."}', event="ping")
+    assert resp.status_code == 200
+    assert resp.get_json() == {"note": f"pong: webhook {hook['id']} builds pushes to main"}
+    assert enqueued == []
+
+
+def test_a_push_during_a_running_build_waits_then_runs_after_it(anonymous, hook, enqueued, rack):
+    from rack.errors import Busy
+    from rack.pipeline import run as pipeline
+
+    first = deliver(anonymous, hook, push(after="a" * 40)).get_json()["build"]["id"]
+    assert pipeline.claim(rack, first, process="tests:1") is not None  # the first push builds
+    second = deliver(anonymous, hook, push(after="b" * 40)).get_json()["build"]["id"]
+    third = deliver(anonymous, hook, push(after="c" * 40)).get_json()["build"]["id"]
+    assert enqueued == [first, second, third]  # queued, none dropped
+    for waiting, behind in ((second, first), (third, first)):
+        with pytest.raises(Busy, match=f"build {waiting} waits for build {behind} of the same webhook"):
+            pipeline.claim(rack, waiting, process="tests:2")
+    with rack.db.transaction() as conn:
+        assert builds_sql.get_by_id(conn, id=second)["status"] == "created"
+        builds_sql.finish(conn, id=first, status="complete")
+    with pytest.raises(Busy, match=f"waits for build {second}"):  # in the order of the pushes
+        pipeline.claim(rack, third, process="tests:2")
+    claimed = pipeline.claim(rack, second, process="tests:2")
+    assert claimed is not None and claimed[0]["status"] == "running"
+    with rack.db.transaction() as conn:
+        builds_sql.finish(conn, id=second, status="failed", reason="cancelled: test")
+    assert pipeline.claim(rack, third, process="tests:2") is not None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlparse
 
 from rack import apps, objects
@@ -96,8 +98,14 @@ def create(
     development: bool = False,
     git_sha: str = "",
     promote: bool = False,
+    webhook: str = "",
+    also: Callable[[Any, dict], None] | None = None,
 ) -> dict:
-    """Record a build as `created`, commit, then enqueue it for a worker."""
+    """Record a build as `created`, commit, then enqueue it for a worker.
+
+    `also(conn, row)` runs in the transaction that inserts the build (and may abort it by raising).
+    Builds of one `webhook` run one after another, in the order they were made.
+    """
     apps.get(rack, app)
     source = check_source(rack, app, url)
     options = {
@@ -118,7 +126,10 @@ def create(
             options=options,
             description=description,
             git_sha=git_sha,
+            webhook=webhook,
         )
+        if also is not None:
+            also(conn, row)
     try:
         rack.enqueue_build(row["id"])
     except Exception as exc:  # the broker is down: fail the build now rather than leave it queued forever

@@ -7,7 +7,7 @@ import time
 
 from rack import objects, releases
 from rack.context import Rack
-from rack.errors import BuildError, BuildPlatformError, RackError, Unavailable
+from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavailable
 from rack.logs.masking import Masker, secret_values
 from rack.logs.stream import BuildLog
 from rack.pipeline import folders
@@ -100,11 +100,21 @@ def storable(text: str, *, limit: int = 4096) -> str:
 
 
 def claim(rack: Rack, build_id: str, *, process: str) -> tuple[dict, int] | None:
-    """Mark a `created` build `running` for this worker; return it with its timeout, or None if taken."""
+    """Mark a `created` build `running` for this worker; return it with its timeout, or None if taken.
+
+    A webhook's builds run in the order of their pushes: one made while an earlier build of the same
+    webhook has not ended raises Busy, and its task tries again later.
+    """
     with rack.db.transaction() as conn:
         row = sql.get_by_id(conn, id=build_id)
         if row is None or row["status"] != "created":
             return None
+        if row["webhook"]:
+            earlier = sql.earlier_unfinished(
+                conn, webhook=row["webhook"], id=build_id, started=row["started"]
+            )
+            if earlier is not None:
+                raise Busy(f"build {build_id} waits for build {earlier['id']} of the same webhook to end")
         row = sql.mark_running(conn, id=build_id, process=process)
         if row is None:
             return None

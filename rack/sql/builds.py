@@ -36,12 +36,23 @@ def insert(
     git_sha: str,
     manifest: str = "",
     status: str = "created",
+    webhook: str = "",
 ) -> dict:
     return returning(
         conn,
-        "INSERT INTO builds (id, app, source_url, options, description, git_sha, manifest, status)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-        (id, app, source_url, Json(options), description, git_sha, manifest, status),
+        "INSERT INTO builds (id, app, source_url, options, description, git_sha, manifest, status, webhook)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (id, app, source_url, Json(options), description, git_sha, manifest, status, webhook),
+    )
+
+
+def earlier_unfinished(conn, *, webhook: str, id: str, started) -> dict | None:
+    """The oldest build of the same webhook, made before this one, that has not ended yet."""
+    return fetchone(
+        conn,
+        "SELECT id, status FROM builds WHERE webhook = %s AND status IN ('created', 'running')"
+        " AND (started, id) < (%s, %s) ORDER BY started, id LIMIT 1",
+        (webhook, started, id),
     )
 
 
