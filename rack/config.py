@@ -43,6 +43,7 @@ class Settings:
     build_memory: int = 0
     build_cpus: float = 0.0
     log_stream_ttl: int = 3600
+    log_max_bytes: int = 64 * 1024 * 1024  # a build's log; past it output is dropped and the cut noted
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
 
     @property

@@ -73,9 +73,10 @@ def build_log_key(build_id: str) -> str:
     return f"build/{build_id}/logs"
 
 
-def store_build_log(rack: Rack, app: str, build_id: str, text: bytes) -> str:
-    """Store a build's whole log; return its object URL (the build's `logs` field)."""
-    return put_bytes_stream(rack, app, build_log_key(build_id), io.BytesIO(text))
+def store_build_log(rack: Rack, app: str, build_id: str, text: bytes | BinaryIO) -> str:
+    """Store a build's whole log (bytes, or a file read to its end); return its object URL (`logs`)."""
+    body = io.BytesIO(text) if isinstance(text, bytes) else text
+    return put_bytes_stream(rack, app, build_log_key(build_id), body)
 
 
 def open_object(rack: Rack, app: str, key: str) -> BinaryIO:

@@ -351,7 +351,7 @@ def test_a_short_outage_neither_repeats_nor_loses_a_line(redis_client):
             threading.Timer(0.5, down.clear).start()
         out.write(line)
         time.sleep(0.002)
-    stored = out.close()
+    stored = out.close().read()
     assert stored == "".join(lines).encode()
     assert log.text() == stored  # the live stream too: every line once, in order
 
@@ -372,7 +372,7 @@ def test_a_long_outage_keeps_the_writer_small_and_the_stored_log_whole(redis_cli
         assert held <= 2 * writer.limit  # the buffer, plus one batch waiting to be sent
     assert time.monotonic() - began < 5  # the producer waited for the flusher once, not once a line
     down.clear()
-    assert out.close() == "".join(lines).encode()  # the worker's copy has what the stream missed
+    assert out.close().read() == "".join(lines).encode()  # the worker's copy has what the stream missed
     assert "lines left out of the live log" in caplog.text
     live = log.text().decode().splitlines(keepends=True)
     assert 0 < len(live) < len(lines)

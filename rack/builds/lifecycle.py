@@ -24,7 +24,7 @@ def logs_url(row: dict) -> str:
 
 def store_log(rack: Rack, row: dict) -> None:
     """Copy the build's stream into the object store, where finished builds' logs are read from."""
-    objects.store_build_log(rack, row["app"], row["id"], BuildLog(rack.redis, row["id"]).text())
+    objects.store_build_log(rack, row["app"], row["id"], BuildLog(rack.redis, row["id"]).reader())
 
 
 def fail(

@@ -9,6 +9,7 @@ the log byte for byte; an entry id is a follower's offset.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -16,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, cast
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import redis
 
@@ -192,22 +193,50 @@ class BuildLog:
             rows: Any = self.redis.xrevrange(self.key, count=1)
         return _entry(*rows[0]) if rows else None
 
-    def text(self) -> bytes:
-        """Return the whole log so far as bytes."""
-        chunks: list[bytes] = []
+    def chunks(self, *, page: int = 256) -> Iterator[bytes]:
+        """Yield the log so far as it is stored, `page` entries (at most 4 MiB) at a time."""
         start = "-"
         while True:
             with _guard():
-                rows: Any = self.redis.xrange(self.key, min=start, count=10_000)
-            chunks += (fields.get(b"d", b"") for _, fields in rows)  # the end entry is last and has no data
-            if len(rows) < 10_000:
-                return b"".join(chunks)
+                rows: Any = self.redis.xrange(self.key, min=start, count=page)
+            for _, fields in rows:  # the end entry is last and has no data
+                if data := fields.get(b"d", b""):
+                    yield data
+            if len(rows) < page:
+                return
             start = "(" + rows[-1][0].decode()
+
+    def reader(self) -> BinaryIO:
+        """Return the log so far as a file to read, fetched a page at a time (constant memory)."""
+        return cast(BinaryIO, _ChunkReader(self.chunks()))
+
+    def text(self) -> bytes:
+        """Return the whole log so far as bytes."""
+        return b"".join(self.chunks())
 
     def exists(self) -> bool:
         """Tell whether the stream exists (it has lines or an end and has not expired)."""
         with _guard():
             return bool(self.redis.exists(self.key))
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._rest = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._rest:
+            self._rest = next(self._chunks, b"")
+            if not self._rest:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n], self._rest = self._rest[:n], self._rest[n:]
+        return n
 
 
 class LogWriter:

@@ -46,7 +46,16 @@ def _run(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
     build_id = row["id"]
     settings = rack.settings
     build_log = BuildLog(rack.redis, build_id, masker=Masker(secret_values({}, [settings.registry_password])))
-    out = Output(build_log)
+    out = Output(build_log, max_bytes=settings.log_max_bytes)
+    try:
+        return _watched(rack, row, out, timeout, process=process)
+    finally:
+        out.discard()
+
+
+def _watched(rack: Rack, row: dict, out: Output, timeout: int, *, process: str) -> dict | None:
+    build_id = row["id"]
+    settings = rack.settings
     watch = Watch(rack, build_id=build_id, process=process, timeout=timeout)
     run: BuildRun | None = None
     error: BuildError | None = None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from rack import objects, releases
 from rack.builds.record import PHASES
@@ -26,19 +29,31 @@ from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
 PARTIAL_MAX = 64 * 1024
+OWN_ROOM = 16 * 1024  # kept past the output for the rack's own last lines (the error, the cut notice)
+CUT_NOTICE_ROOM = 512
 
 
 class Output:
-    """A build's log as it is written: whole lines to the live stream, masked, and a copy kept here."""
+    """A build's log as it is written: whole lines to the live stream, masked, and a copy on disk.
 
-    def __init__(self, build_log: BuildLog, *, writer: LogWriter | None = None) -> None:
+    At most `max_bytes` are kept: past them the build's output is dropped (counted), the rack's own lines
+    still fit in a reserve, and the log ends with a line saying how much was cut. The copy is an unlinked
+    temporary file, so a long log costs the worker disk, not memory.
+    """
+
+    def __init__(
+        self, build_log: BuildLog, *, writer: LogWriter | None = None, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.build_log = build_log
         self.writer = writer if writer is not None else build_log.writer()
-        self.copy: list[bytes] = []
+        self.max_bytes = max_bytes
+        self.copy = tempfile.TemporaryFile()
+        self.size = 0  # bytes written to the log so far
+        self.cut = 0  # bytes of output left out past max_bytes
         self._partial = ""
         self._warned = False
         self._dropped = False  # a line missed the live stream: the copy is the whole log
-        self.text: bytes | None = None  # what close() returned
+        self.closed = False
 
     def write(self, text: str) -> None:
         """Write output as it comes; a partial line waits for its end so masking sees it whole."""
@@ -55,19 +70,32 @@ class Output:
         if self._partial:
             self._send(self._partial + "\n")
             self._partial = ""
-        self._send(text.rstrip("\n") + "\n")
+        self._send(text.rstrip("\n") + "\n", reserve=CUT_NOTICE_ROOM)
 
     def mask(self, secrets: list[str]) -> None:
         """Mask these values (and the ones masked so far) in everything written from now on."""
         self.build_log.masker = Masker(secrets)
 
-    def _send(self, text: str) -> None:
-        self.copy.append(self.build_log.masker.mask(text).encode("utf-8", "replace"))
+    def _send(self, text: str, *, reserve: int = OWN_ROOM) -> None:
+        """Send masked text unless it would leave less than `reserve` bytes under the cap."""
+        data = self.build_log.masker.mask(text).encode("utf-8", "replace")
+        room = self.max_bytes - self.size - reserve
+        if len(data) > room:
+            if reserve != OWN_ROOM and room >= 64:
+                data = data[: room - 4] + b"...\n"  # the rack's own line, shortened to what is left
+            else:  # output: keep the whole lines that fit
+                keep = data.rfind(b"\n", 0, max(room, 0)) + 1
+                self.cut += len(data) - keep
+                data = data[:keep]
+                if not data:
+                    return
+        self.size += len(data)
+        self.copy.write(data)
         # A refused write took nothing, so trying again cannot repeat a line. The first refusal may only
         # report an earlier failed flush; a second means the writer is full: leave the line to the copy.
         for _ in range(2):
             try:
-                self.writer.write(text)
+                self.writer.write(data)
                 return
             except Unavailable as exc:
                 if not self._warned:
@@ -79,24 +107,38 @@ class Output:
             )
             self._dropped = True
 
-    @property
-    def closed(self) -> bool:
-        return self.text is not None
+    def close(self) -> BinaryIO:
+        """Flush everything and return the log to store, to read: the stream, or the copy if Redis is away."""
+        if not self.closed:
+            if self._partial:
+                self._send(self._partial)
+                self._partial = ""
+            if self.cut:
+                notice = (
+                    f"--- log cut: {self.cut} bytes past the limit of {self.max_bytes} bytes left out ---"
+                )
+                self._send(("\n" if self._ends_mid_line() else "") + notice + "\n", reserve=0)
+            self.closed = True
+            try:
+                self.writer.close()
+            except Unavailable as exc:
+                log.warning("build %s: storing the log kept by the worker: %s", self.build_log.build_id, exc)
+                self._dropped = True
+        if self._dropped:
+            self.copy.seek(0)
+            return cast(BinaryIO, self.copy)
+        return self.build_log.reader()
 
-    def close(self) -> bytes:
-        """Flush everything and return the log to store: the stream's text, or the copy if Redis is away."""
-        if self.text is not None:
-            return self.text
-        if self._partial:
-            self._send(self._partial)
-            self._partial = ""
-        try:
-            self.writer.close()
-            self.text = b"".join(self.copy) if self._dropped else self.build_log.text()
-        except Unavailable as exc:
-            log.warning("build %s: storing the log kept by the worker: %s", self.build_log.build_id, exc)
-            self.text = b"".join(self.copy)
-        return self.text
+    def _ends_mid_line(self) -> bool:
+        if not self.size:
+            return False
+        self.copy.seek(-1, os.SEEK_END)
+        last = self.copy.read(1)
+        return last != b"\n"
+
+    def discard(self) -> None:
+        """Drop the disk copy (once the log is stored)."""
+        self.copy.close()
 
 
 class Phases:
