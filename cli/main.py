@@ -66,9 +66,10 @@ def switch(name: str | None) -> None:
 def rack() -> None:
     """Show the rack."""
     s = RackClient().get("/system")
-    info(
-        [("Name", s["name"]), ("Provider", s["provider"]), ("Status", s["status"]), ("Version", s["version"])]
-    )
+    rows = [("Name", s["name"]), ("Provider", s["provider"]), ("Status", s["status"]), ("Version", s["version"])]
+    if builder := (s.get("parameters") or {}).get("Builder"):
+        rows.append(("Builder", builder))
+    info(rows)
 
 
 for command in (apps, build, deploy, builds, releases, env, webhooks):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from rack.errors import RackError
 
 GiB = 1024**3
+BUILDERS = ("buildkit", "classic")
 
 
 class ConfigError(RackError):
@@ -42,6 +43,8 @@ class Settings:
     manifest_max_bytes: int = 1024 * 1024
     build_memory: int = 0
     build_cpus: float = 0.0
+    builder: str = "buildkit"  # or "classic": the engine's classic builder, for an engine without BuildKit
+    build_parallel: int = 2  # services of one build built side by side
     log_stream_ttl: int = 3600
     log_max_bytes: int = 64 * 1024 * 1024  # a build's log; past it output is dropped and the cut noted
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
@@ -82,6 +85,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     values.update(overrides)
     if not values.get("password"):
         raise ConfigError("RACK_PASSWORD is required: set it to the password clients log in with")
+    if values.get("builder", "buildkit") not in BUILDERS:
+        raise ConfigError(f"RACK_BUILDER must be one of {', '.join(BUILDERS)}, got {values['builder']!r}")
+    if not 1 <= values.get("build_parallel", 1) <= 16:
+        raise ConfigError(f"RACK_BUILD_PARALLEL must be from 1 to 16, got {values['build_parallel']}")
     return Settings(**values)
 
 

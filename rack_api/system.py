@@ -29,7 +29,11 @@ def system():
             "status": "running",
             "type": "local",
             "version": VERSION,
-            "parameters": {"MaxUploadBytes": str(settings.max_upload_bytes)},
+            "parameters": {
+                "MaxUploadBytes": str(settings.max_upload_bytes),
+                "Builder": settings.builder,
+                "BuildParallel": str(settings.build_parallel),
+            },
         }
     )
 

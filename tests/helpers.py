@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -374,3 +375,19 @@ class GitHttpServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+def cached_steps(log: str) -> list[str]:
+    """Return the steps a build log shows taken from the cache, as either builder prints them."""
+    steps, names, step = [], {}, ""
+    for line in log.splitlines():
+        if line.startswith("Step "):
+            step = line
+        elif line.strip() == "---> Using cache":
+            steps.append(step)
+        elif m := re.match(r"^(#\d+) (.*)$", line):
+            if m.group(2) == "CACHED":
+                steps.append(names.get(m.group(1), ""))
+            else:
+                names.setdefault(m.group(1), m.group(2))
+    return steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -10,8 +11,10 @@ import urllib.request
 import pytest
 
 from rack.config import load_settings
+from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError
 from rack.pipeline.engine.classic import Engine, Progress, drain, split_image
+from rack.pipeline.steps import open_engine
 from rack.reasons import Reason
 
 
@@ -56,8 +59,17 @@ def engine_settings(docker_stack):
     return load_settings(docker_stack.env)
 
 
+@pytest.fixture(params=["buildkit", "classic"])
+def engine(request, engine_settings, docker_stack):
+    """An engine session building with each builder (RACK_BUILDER), pulling and pushing alike."""
+    rack = Rack(dataclasses.replace(engine_settings, builder=request.param))
+    with open_engine(rack) as e:
+        yield e
+    rack.close()
+
+
 @pytest.fixture
-def engine(engine_settings):
+def classic_engine(engine_settings):
     with Engine(engine_settings) as e:
         yield e
 
@@ -77,7 +89,7 @@ def test_build_streams_output_and_returns_the_image_id(engine, engine_settings, 
         chunks.append,
     )
     text = "".join(chunks)
-    assert "Step 3/3 : RUN echo" in text
+    assert {"classic": "Step 3/3 : RUN echo", "buildkit": "[2/2] RUN echo"}[engine.builder] in text
     assert "built by tests\n" in text
     assert image_id.startswith("sha256:")
     assert engine.image_id(tag) == image_id
@@ -99,7 +111,7 @@ def test_failing_step_names_the_step(engine, tmp_path):
     ("dockerfile", "code", "words"),
     [
         ("FROM busybox\nFROBNICATE now\n", "user:dockerfile", "unknown instruction"),
-        ("FROM nosuch-base:1\nRUN true\n", "user:base-image", "Step 1/2 : FROM nosuch-base:1"),
+        ("FROM nosuch-base:1\nRUN true\n", "user:base-image", "Step 1/2 : FROM nosuch-base:1: the image"),
         ("FROM busybox\nCOPY missing.txt /\n", "user:step", "Step 2/2 : COPY missing.txt /"),
     ],
 )
@@ -146,7 +158,8 @@ def test_pull_of_a_missing_image_is_a_user_error(engine, engine_settings):
 
 
 @pytest.mark.docker
-def test_interrupt_stops_a_running_step_and_leaves_no_container(engine, engine_settings, tmp_path):
+def test_interrupt_stops_a_running_step_and_leaves_no_container(classic_engine, tmp_path):
+    engine = classic_engine
     ctx = _context(tmp_path, "FROM busybox\nRUN echo started; sleep 60\n")
     stop = threading.Event()
     seen: list[str] = []

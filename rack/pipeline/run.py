@@ -11,8 +11,7 @@ from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavail
 from rack.logs.masking import Masker, secret_values
 from rack.logs.stream import BuildLog
 from rack.pipeline import folders
-from rack.pipeline.engine.classic import Engine
-from rack.pipeline.steps import BuildRun, Output
+from rack.pipeline.steps import BuildRun, Output, open_engine
 from rack.pipeline.watch import Watch
 from rack.reasons import Reason
 from rack.sql import apps as apps_sql
@@ -64,7 +63,7 @@ def _watched(rack: Rack, row: dict, out: Output, timeout: int, *, process: str) 
     with watch:
         folder = folders.make(rack, build_id)
         try:
-            with Engine(settings) as engine:
+            with open_engine(rack) as engine:
                 watch.on_stop(engine.interrupt)
                 run = BuildRun(rack, row, folder / "src", out, engine, watch)
                 run.run()

@@ -17,9 +17,10 @@ from rack import objects, releases
 from rack.builds.record import PHASES
 from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
-from rack.logs.masking import Masker, secret_values
+from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
 from rack.pipeline import dockerfile, folders, manifest
+from rack.pipeline.engine import buildkit
 from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
@@ -176,6 +177,13 @@ class Phases:
             log.warning("build %s: phase timings not saved yet: %s", self.build_id, exc)
 
 
+def open_engine(rack: Rack) -> Engine:
+    """Open a session with the worker's engine, building with the rack's builder (RACK_BUILDER)."""
+    if rack.settings.builder == "classic":
+        return Engine(rack.settings)
+    return buildkit.Engine(rack.settings, redis=rack.redis)
+
+
 def inside(root: Path, relative: str, *, code: Reason, what: str) -> Path:
     """Resolve a path given in the source and refuse one that leads outside it."""
     path = (root / relative).resolve()
@@ -197,6 +205,8 @@ class BuildRun:
     git_sha: str = ""
     images: dict[str, dict[str, str]] = field(default_factory=dict)
     entrypoint: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict)  # offered to BuildKit builds as secret mounts
+    previous: dict[str, dict[str, str]] = field(default_factory=dict)  # the app's last images: a cache
     phases: Phases = field(init=False)
 
     def __post_init__(self) -> None:
@@ -322,12 +332,16 @@ class BuildRun:
         }
         with self.rack.db.transaction() as conn:
             env = releases.latest_env(conn, row["app"])
+            self.previous = sql.latest_images(conn, app=row["app"])
+        self.secrets = dict(env)  # every value of the app's environment, and the build args that look secret
         for item in self.options.get("build_args") or []:
             name, sep, value = item.partition("=")
             if sep:
                 env[name] = value
             elif name in managed:
                 env[name] = managed[name]
+            if name in env and (name in self.secrets or SECRET_NAME.search(name)):
+                self.secrets[name] = env[name]
         return env
 
     def build(self, service, tag: str, env: dict[str, str]) -> None:
@@ -350,6 +364,13 @@ class BuildRun:
         args = dockerfile.build_args(dockerfile.declared_args(text), env)
         development = self.options.get("development") and dockerfile.has_target(text, "development")
         self.out.line(f"Building: {service.name}")
+        if self.engine.builder == "buildkit":
+            for name in sorted(n for n in args if SECRET_NAME.search(n)):
+                self.out.line(
+                    f"Warning: {name} is passed as a build arg and stays in the image's history: "
+                    f"read it with RUN --mount=type=secret,id={name} (at /run/secrets/{name}) instead"
+                )
+        previous = (self.previous.get(service.name) or {}).get("image")
         drain(
             self.engine.build(
                 context=context,
@@ -359,6 +380,9 @@ class BuildRun:
                 target="development" if development else None,
                 nocache=bool(self.options.get("no_cache")),
                 check=self.check,
+                secrets=self.secrets,
+                cache_from=[previous] if previous and not self.options.get("no_cache") else [],
+                app=self.row["app"],
             ),
             self.out.write,
         )

@@ -70,6 +70,17 @@ def list_for_app(conn, *, app: str, limit: int) -> list[dict]:
     )
 
 
+def latest_images(conn, *, app: str) -> dict:
+    """Return the images of the app's latest complete build ({} when it has none)."""
+    row = fetchone(
+        conn,
+        "SELECT images FROM builds WHERE app = %s AND status = 'complete' AND images <> '{}'::jsonb"
+        " ORDER BY ended DESC NULLS LAST, id DESC LIMIT 1",
+        (app,),
+    )
+    return (row or {}).get("images") or {}
+
+
 def update(conn, *, id: str, fields: dict, only_from: tuple[str, ...] | None = None) -> dict | None:
     """Set fields on a build; with `only_from`, only while its status is one of those."""
     assert set(fields) <= COLUMNS, set(fields) - COLUMNS

@@ -7,7 +7,7 @@ import math
 import re
 import shlex
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import docker
@@ -41,6 +41,8 @@ def _no_check() -> None:
 
 class Engine:
     """One session with a Docker engine; use it as a context manager so its connections always close."""
+
+    builder = "classic"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -91,8 +93,15 @@ class Engine:
         target: str | None = None,
         nocache: bool = False,
         check: Check = _no_check,
+        secrets: Mapping[str, str] | None = None,
+        cache_from: Sequence[str] = (),
+        app: str = "",
     ) -> Lines:
-        """Build an image, yielding its output as it comes; return the image id."""
+        """Build an image, yielding its output as it comes; return the image id.
+
+        The classic builder has no secret mounts and no registry cache: `secrets`, `cache_from` and `app`
+        (the scope of cache mounts) are for BuildKit and ignored here.
+        """
         self.login()
         image_id = ""
         step = ""
