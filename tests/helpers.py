@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from rack import objects
 from rack.builds import record as builds
+from rack.context import Rack
 from rack.logs.stream import BuildLog
 from rack.sql import builds as sql
 
@@ -391,3 +393,61 @@ def cached_steps(log: str) -> list[str]:
             else:
                 names.setdefault(m.group(1), m.group(2))
     return steps
+
+
+def upload(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True) -> str:
+    """Tar a folder as the CLI does (honouring .dockerignore unless told not to) and upload it."""
+    patterns = []
+    if dockerignore and (folder / ".dockerignore").exists():
+        lines = (folder / ".dockerignore").read_text().splitlines()
+        patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    from docker.utils.build import tar
+
+    body = tar(str(folder), exclude=patterns, gzip=True)
+    return objects.put(rack, app, "tmp/source.tgz", body)
+
+
+def build(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True, **options) -> dict:
+    """Upload a folder, create a build of it and run it here; return the final row."""
+    url = upload(rack, app, folder, dockerignore=dockerignore)
+    from rack.pipeline import run as pipeline
+
+    row = builds.create(rack, app, url=url, **options)
+    result = pipeline.run_build(rack, row["id"], process="tests:1")
+    assert result is not None
+    assert result["status"] in ("complete", "failed")
+    return result
+
+
+def build_log(rack: Rack, row: dict) -> str:
+    _, key = objects.parse_url(row["logs"])
+    with objects.open_object(rack, row["app"], key) as fh:
+        return fh.read().decode()
+
+
+def write_app(root: Path, files: dict[str, str]) -> Path:
+    """Write files (relative path: text) under root and return root."""
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def when_started(rack: Rack, build_id: str, action) -> threading.Thread:
+    """Run `action()` in a thread as soon as the build's log shows its slow step started."""
+
+    def watch() -> None:
+        for entry in BuildLog(rack.redis, build_id).follow(block_ms=200):
+            if b"started\n" in entry.data:
+                action()
+                return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def request_cancel(rack: Rack, row: dict) -> None:
+    with rack.db.transaction() as conn:
+        sql.request_cancel(conn, app=row["app"], id=row["id"])

@@ -30,3 +30,4 @@ def test_system_reports_a_version_convox_clients_accept(client):
     # The Convox CLI compares versions as strings; anything below this selects its legacy API.
     assert body["version"] > "20180708231844"
     assert body["status"] == "running"
+    assert body["parameters"]["Builder"] == "buildkit"  # RACK_BUILDER's default

@@ -48,7 +48,9 @@ def test_login_stores_host_and_password(live_server, monkeypatch, tmp_path):
     assert auth == {f"http://{host}": live_server.password}
     assert oct((tmp_path / "cfg" / "auth").stat().st_mode & 0o777) == "0o600"
     # Later commands find the rack from the stored login.
-    assert run("rack").output.splitlines()[0].split() == ["Name", "local"]
+    shown = [line.split() for line in run("rack").output.splitlines()]
+    assert shown[0] == ["Name", "local"]
+    assert ["Builder", "buildkit"] in shown
     bad = CliRunner().invoke(main, ["login", host, "--password", "nope"])
     assert bad.exit_code == 1
     assert json.loads((tmp_path / "cfg" / "auth").read_text()) == auth

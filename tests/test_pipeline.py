@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from docker.utils.build import tar
 
 from rack import apps, objects, releases
 from rack.builds import record as builds
@@ -25,7 +24,16 @@ from rack.db import execute, fetchone
 from rack.logs.stream import BuildLog
 from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
-from tests.helpers import cached_steps, run_image
+from tests.helpers import (
+    build,
+    build_log,
+    cached_steps,
+    request_cancel,
+    run_image,
+    upload,
+    when_started,
+    write_app,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -56,32 +64,6 @@ def docker_client(docker_stack):
     client.close()
 
 
-def upload(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True) -> str:
-    """Tar a folder as the CLI does (honouring .dockerignore unless told not to) and upload it."""
-    patterns = []
-    if dockerignore and (folder / ".dockerignore").exists():
-        lines = (folder / ".dockerignore").read_text().splitlines()
-        patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    body = tar(str(folder), exclude=patterns, gzip=True)
-    return objects.put(rack, app, "tmp/source.tgz", body)
-
-
-def build(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True, **options) -> dict:
-    """Upload a folder, create a build of it and run it here; return the final row."""
-    url = upload(rack, app, folder, dockerignore=dockerignore)
-    row = builds.create(rack, app, url=url, **options)
-    result = pipeline.run_build(rack, row["id"], process="tests:1")
-    assert result is not None
-    assert result["status"] in ("complete", "failed")
-    return result
-
-
-def build_log(rack: Rack, row: dict) -> str:
-    _, key = objects.parse_url(row["logs"])
-    with objects.open_object(rack, row["app"], key) as fh:
-        return fh.read().decode()
-
-
 def run(client, image: str, *command: str) -> str:
     """Run an image once with no network and return what it printed."""
     return run_image(client, image, *command)
@@ -95,14 +77,6 @@ def registry_get(rack: Rack, path: str, *, head: bool = False):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers if head else json.loads(response.read())
-
-
-def write_app(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -293,25 +267,6 @@ SLOW = {
     "convox.yml": "services:\n  web:\n    build: .\n",
     "Dockerfile": "FROM busybox\nRUN echo started; sleep 60\n",
 }
-
-
-def when_started(rack: Rack, build_id: str, action) -> threading.Thread:
-    """Run `action()` in a thread as soon as the build's log shows its slow step started."""
-
-    def watch() -> None:
-        for entry in BuildLog(rack.redis, build_id).follow(block_ms=200):
-            if b"started\n" in entry.data:
-                action()
-                return
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-def request_cancel(rack: Rack, row: dict) -> None:
-    with rack.db.transaction() as conn:
-        builds_sql.request_cancel(conn, app=row["app"], id=row["id"])
 
 
 def test_a_cancel_request_stops_the_running_step(broken, tmp_path, docker_client):

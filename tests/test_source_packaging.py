@@ -5,19 +5,11 @@ from __future__ import annotations
 import os
 import tarfile
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
 from cli.source import Upload, package, read_dockerignore, source_files
-
-
-def make_tree(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
+from tests.helpers import write_app
 
 
 def members(fh) -> dict[str, tarfile.TarInfo]:
@@ -56,7 +48,7 @@ node_modules/
 
 
 def test_dockerignore_semantics(tmp_path):
-    root = make_tree(tmp_path, {**TREE, ".dockerignore": IGNORE})
+    root = write_app(tmp_path, {**TREE, ".dockerignore": IGNORE})
     assert read_dockerignore(root)[0] == "*.md"
     with package(root) as fh:
         names = set(members(fh))
@@ -68,7 +60,7 @@ def test_dockerignore_semantics(tmp_path):
 
 
 def test_manifest_dockerfile_and_dockerignore_are_always_sent(tmp_path):
-    root = make_tree(tmp_path, {**TREE, "other.yml": "services: {}\n", ".dockerignore": "*\n!app.py\n"})
+    root = write_app(tmp_path, {**TREE, "other.yml": "services: {}\n", ".dockerignore": "*\n!app.py\n"})
     assert set(source_files(root, manifest="other.yml")) == {
         "other.yml",
         "Dockerfile",
@@ -78,7 +70,7 @@ def test_manifest_dockerfile_and_dockerignore_are_always_sent(tmp_path):
 
 
 def test_no_dockerignore_sends_everything_and_keeps_modes_and_links(tmp_path):
-    root = make_tree(tmp_path / "ctx", {"run.sh": "#!/bin/sh\n", "data/x": "1"})
+    root = write_app(tmp_path / "ctx", {"run.sh": "#!/bin/sh\n", "data/x": "1"})
     os.chmod(root / "run.sh", 0o755)
     os.symlink("data/x", root / "link")
     (tmp_path / "outside").write_text("not sent")
@@ -91,7 +83,7 @@ def test_no_dockerignore_sends_everything_and_keeps_modes_and_links(tmp_path):
 
 
 def test_package_follows_a_symlinked_root(tmp_path):
-    real = make_tree(tmp_path / "real", {"a.txt": "a"})
+    real = write_app(tmp_path / "real", {"a.txt": "a"})
     os.symlink(real, tmp_path / "alias")
     with package(tmp_path / "alias") as fh:
         assert set(members(fh)) == {"a.txt"}
