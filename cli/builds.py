@@ -57,6 +57,10 @@ def build_info(ctx: click.Context, build_id: str, app: str | None) -> None:
         ("Started", ago(b["started"])),
         ("Elapsed", elapsed(b["started"], b["ended"])),
     ]
+    if b.get("position"):
+        rows.append(("Position", f"{b['position']} in the queue"))
+    if b.get("attempt", 1) > 1:
+        rows.append(("Attempt", str(b["attempt"])))
     if b["status"] == "failed":
         rows.append(("Reason", b.get("reason") or ""))
     if b.get("images"):

@@ -47,6 +47,8 @@ class Settings:
     build_parallel: int = 2  # services of one build built side by side
     log_stream_ttl: int = 3600
     log_max_bytes: int = 64 * 1024 * 1024  # a build's log; past it output is dropped and the cut noted
+    app_max_running: int = 2  # builds of one app running at once; the others wait their turn
+    build_attempts: int = 2  # runs of a build whose worker was lost, counting the first
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
 
     @property
@@ -83,6 +85,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         if raw is not None and raw != "":
             values[f.name] = _coerce(f.name, type(f.default), raw)
     values.update(overrides)
+    for name in ("app_max_running", "build_attempts"):
+        if name in values and values[name] < 1:
+            raise ConfigError(f"RACK_{name.upper()} must be at least 1, got {values[name]}")
     if not values.get("password"):
         raise ConfigError("RACK_PASSWORD is required: set it to the password clients log in with")
     if values.get("builder", "buildkit") not in BUILDERS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery import current_app
 from celery.signals import worker_ready, worker_shutdown
 
 from rack.builds import lifecycle
@@ -29,8 +30,13 @@ def reap_forever(rack: Rack, stop: threading.Event) -> None:
 
 
 @worker_ready.connect
-def start_reaper(**_kw) -> None:
-    rack = Rack(load_settings())
+def start_reaper(sender=None, **_kw) -> None:
+    app = sender.app if sender is not None else current_app
+
+    def enqueue_build(build_id: str) -> None:  # the reaper queues a lost worker's build again
+        app.send_task("rack_worker.tasks.run_build", args=[build_id])
+
+    rack = Rack(load_settings(), enqueue_build=enqueue_build)
     try:  # what a killed worker left on this host's disk
         folders.sweep(rack)
     except Exception:

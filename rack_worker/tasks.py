@@ -12,6 +12,9 @@ from rack.context import Rack
 from rack.errors import Busy, Unavailable
 from rack.pipeline import run
 
+# How long a task waits for a slot of a waiting build's app before going back to the end of the queue;
+# short enough that a stopping worker is not held long by a task that runs nothing.
+PARK = 10.0
 _rack: Rack | None = None
 _pid = 0
 _lock = threading.Lock()
@@ -38,8 +41,11 @@ def worker_rack() -> Rack:
     max_retries=20,
 )
 def run_build(self, build_id: str) -> None:
-    """Run one build on this worker; one waiting for its webhook's earlier build goes back in the queue."""
+    """Run the next build in the fair order (one task is queued per waiting build, `build_id` the one
+    that queued it); when every waiting build's app is at its limit, wait a little, then queue again."""
     try:
-        run.run_build(worker_rack(), build_id, process=f"{self.request.hostname}:{self.request.id}")
+        run.run_next(worker_rack(), process=f"{self.request.hostname}:{self.request.id}", park=PARK)
+    except run.Waiting:
+        raise self.retry(countdown=0, max_retries=None) from None
     except Busy as exc:  # nothing was claimed; the queue expiry still ends a build that waits too long
         raise self.retry(exc=exc, countdown=BUSY_RETRY, max_retries=None) from None

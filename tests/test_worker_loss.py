@@ -30,7 +30,10 @@ HEARTBEAT_TIMEOUT = FAST_HEARTBEAT["heartbeat_timeout"]
 @pytest.fixture
 def worker_env(docker_stack, settings, rack, monkeypatch):
     """Workers on the test's object store with a fast heartbeat; the API enqueues on their broker."""
-    return workers_enqueue(rack, monkeypatch, docker_stack.env, storage=settings.storage, **FAST_HEARTBEAT)
+    # One attempt: a lost worker's build fails (tests/test_build_retry.py has it run again).
+    return workers_enqueue(
+        rack, monkeypatch, docker_stack.env, storage=settings.storage, build_attempts=1, **FAST_HEARTBEAT
+    )
 
 
 @pytest.fixture

@@ -71,6 +71,35 @@ def cancel(rack: Rack, app: str, build_id: str) -> dict:
     return row
 
 
+def retry(rack: Rack, row: dict) -> bool:
+    """Queue a lost worker's build to run again: mark where the retry begins in its log, then enqueue it.
+
+    The log keeps every line of the attempt before; the next worker's lines follow the mark. False when
+    the build moved on meanwhile (its worker came back, or something ended it).
+    """
+    attempts = rack.settings.build_attempts
+    with rack.db.transaction() as conn:
+        again = sql.requeue_lost(
+            conn, id=row["id"], process=row["process"], older_than_seconds=rack.settings.heartbeat_timeout
+        )
+    if again is None:
+        return False
+    mark = (
+        f"--- attempt {again['attempt']} of {attempts} starts here: the worker running this build"
+        f" ({row['process']}) stopped responding for over {rack.settings.heartbeat_timeout}s;"
+        " the build runs again on another worker ---\n"
+    )
+    try:
+        BuildLog(rack.redis, row["id"]).append(mark)
+    except RackError as exc:
+        log.warning("build %s: the retry could not be marked in its log: %s", row["id"], exc)
+    try:
+        rack.enqueue_build(row["id"])
+    except Exception as exc:  # the broker is away: the next worker free still takes it (any task will)
+        log.warning("build %s was requeued but no task could be queued for it: %s", row["id"], exc)
+    return True
+
+
 def reap(rack: Rack) -> list[tuple[str, str]]:
     """Fail builds whose worker stopped heartbeating, that waited too long, or that ran past their timeout."""
     settings = rack.settings
@@ -80,6 +109,9 @@ def reap(rack: Rack) -> list[tuple[str, str]]:
         overdue = sql.overdue_running(conn, default_timeout=settings.build_timeout, grace=TIMEOUT_GRACE)
     done = []
     for row in lost:
+        if row["attempt"] < settings.build_attempts and retry(rack, row):
+            done.append((row["id"], f"retried: attempt {row['attempt'] + 1} of {settings.build_attempts}"))
+            continue
         reason = (
             f"{Reason.WORKER_LOST}: the worker running this build ({row['process']}) stopped responding"
             f" for over {settings.heartbeat_timeout}s"

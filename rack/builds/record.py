@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rack import apps, objects
+from rack.builds import queue
 from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
@@ -43,6 +44,8 @@ def serialize(row: dict) -> dict:
         "ended": rfc3339(row["ended"]) if row["ended"] else rfc3339(None),
         "images": row["images"],
         "phases": phases(row),
+        "attempt": row.get("attempt", 1),
+        "position": row.get("position", 0),
     }
 
 
@@ -149,6 +152,8 @@ def get(rack: Rack, app: str, build_id: str) -> dict:
     with rack.db.transaction() as conn:
         apps.get(rack, app, conn)
         row = sql.get(conn, app=app, id=build_id)
+        if row is not None and row["status"] == "created":
+            row["position"] = queue.position(conn, build_id)
     if row is None:
         raise NotFound(f"build not found: {build_id}")
     return row

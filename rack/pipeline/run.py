@@ -6,6 +6,7 @@ import logging
 import time
 
 from rack import objects, releases
+from rack.builds import queue
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavailable
 from rack.logs.masking import Masker, secret_values
@@ -24,20 +25,50 @@ class _Lost(Exception):
     """The build was ended by someone else (cancel, reaper) before this worker could finish it."""
 
 
-def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
-    """Run a `created` build to its end and return its final row; None when it is not this worker's to run.
+class Waiting(Exception):
+    """Builds wait, but every one of their apps runs as many builds as it may: try again shortly."""
 
-    Whatever goes wrong once the build is claimed, it ends with a recorded outcome: an unexpected error
-    becomes `platform:internal` (traceback in this process's log), never a build left `running`.
+
+def run_next(rack: Rack, *, process: str, park: float = 0.0, poll: float = 0.5) -> dict | None:
+    """Claim the next build in the fair order (`rack.builds.queue`) and run it to its end; return its row.
+
+    None when no build waits. While builds wait but their apps are at their limit, look again every
+    `poll` seconds for up to `park` seconds (a build of another app may come), then raise Waiting.
     """
+    deadline = time.monotonic() + park
+    while True:
+        with rack.db.transaction() as conn:
+            row = queue.claim_next(conn, process=process, app_max_running=rack.settings.app_max_running)
+            if row is None and not queue.waiting(conn):
+                return None
+            app = apps_sql.get(conn, name=row["app"]) if row is not None else None
+        if row is not None:
+            timeout = int((app or {}).get("build_timeout") or rack.settings.build_timeout)
+            return _claimed(rack, row, timeout, process=process)
+        if time.monotonic() + poll > deadline:
+            raise Waiting
+        time.sleep(poll)
+
+
+def run_build(rack: Rack, build_id: str, *, process: str) -> dict | None:
+    """Run a `created` build to its end and return its final row; None when it is not this worker's to run."""
     claimed = claim(rack, build_id, process=process)
     if claimed is None:
         return None
     row, timeout = claimed
+    return _claimed(rack, row, timeout, process=process)
+
+
+def _claimed(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
+    """Run a build this worker has claimed to its end.
+
+    Whatever goes wrong once the build is claimed, it ends with a recorded outcome: an unexpected error
+    becomes `platform:internal` (traceback in this process's log), never a build left `running`.
+    """
     try:
         return _run(rack, row, timeout, process=process)
     except Exception as exc:
-        log.exception("build %s: recording its outcome failed", build_id)
+        log.exception("build %s: recording its outcome failed", row["id"])
         return _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
 
 

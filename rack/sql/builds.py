@@ -22,6 +22,8 @@ COLUMNS = {
     "status",
     "images",
     "phases",
+    "log_lines",
+    "log_bytes",
 }
 
 
@@ -150,6 +152,17 @@ def request_cancel(conn, *, app: str, id: str) -> dict | None:
         "UPDATE builds SET cancel_requested = true"
         " WHERE app = %s AND id = %s AND status IN ('created', 'running') RETURNING *",
         (app, id),
+    )
+
+
+def requeue_lost(conn, *, id: str, process: str, older_than_seconds: int) -> dict | None:
+    """Put a running build whose worker stopped heartbeating back in the queue, one attempt further."""
+    return fetchone(
+        conn,
+        "UPDATE builds SET status = 'created', attempt = attempt + 1, process = '', heartbeat = NULL,"
+        " running_at = NULL WHERE id = %s AND status = 'running' AND process = %s"
+        " AND heartbeat < now() - make_interval(secs => %s) AND NOT cancel_requested RETURNING *",
+        (id, process, older_than_seconds),
     )
 
 
