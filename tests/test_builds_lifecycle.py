@@ -64,21 +64,45 @@ def test_cancel_unknown_build_is_404(client, build):
     assert client.post("/apps/myapp/builds/BNOSUCHBLDX/cancel").status_code == 404
 
 
-def test_reaper_fails_a_build_whose_worker_stopped(client, rack, build):
+def _stale(rack, build_id: str) -> None:
+    with rack.db.transaction() as conn:
+        execute(
+            conn, "UPDATE builds SET heartbeat = now() - interval '10 minutes' WHERE id = %s", (build_id,)
+        )
+
+
+def test_reaper_retries_then_fails_a_build_whose_worker_stopped(client, rack, build, enqueued):
     with rack.db.transaction() as conn:
         sql.mark_running(conn, id=build["id"], process="dead-worker")
     BuildLog(rack.redis, build["id"]).append("Step 1/2 : FROM busybox\n")
     assert lifecycle.reap(rack) == []  # heartbeat is fresh
-    with rack.db.transaction() as conn:
-        execute(
-            conn, "UPDATE builds SET heartbeat = now() - interval '10 minutes' WHERE id = %s", (build["id"],)
+    _stale(rack, build["id"])
+    # The first loss: back in the queue for another worker, one attempt further, marked in the log.
+    [(build_id, outcome)] = lifecycle.reap(rack)
+    assert (build_id, outcome) == (build["id"], "retried: attempt 2 of 2")
+    body = client.get(f"/apps/myapp/builds/{build['id']}").get_json()
+    assert (body["status"], body["attempt"], body["process"], body["position"]) == ("created", 2, "", 1)
+    assert enqueued[-1] == build["id"]
+    assert (
+        BuildLog(rack.redis, build["id"])
+        .text()
+        .startswith(
+            b"Step 1/2 : FROM busybox\n--- attempt 2 of 2 starts here: the worker running this build"
+            b" (dead-worker)"
         )
+    )
+    # The second loss, with no attempt left: failed worker-lost, the log of both attempts kept.
+    with rack.db.transaction() as conn:
+        sql.mark_running(conn, id=build["id"], process="another-dead-worker")
+    _stale(rack, build["id"])
     [(build_id, reason)] = lifecycle.reap(rack)
     assert build_id == build["id"]
     body = client.get(f"/apps/myapp/builds/{build['id']}").get_json()
-    assert body["status"] == "failed"
+    assert (body["status"], body["attempt"]) == ("failed", 2)
     assert body["reason"].startswith("worker-lost")
-    assert stored_log(client, build["id"]).startswith(b"Step 1/2 : FROM busybox\nERROR: worker-lost")
+    stored = stored_log(client, build["id"])
+    assert stored.startswith(b"Step 1/2 : FROM busybox\n--- attempt 2 of 2")
+    assert stored.endswith(f"ERROR: {body['reason']}\n".encode())
     assert lifecycle.reap(rack) == []
 
 

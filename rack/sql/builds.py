@@ -156,12 +156,16 @@ def request_cancel(conn, *, app: str, id: str) -> dict | None:
 
 
 def requeue_lost(conn, *, id: str, process: str, older_than_seconds: int) -> dict | None:
-    """Put a running build whose worker stopped heartbeating back in the queue, one attempt further."""
+    """Put a running build whose worker stopped heartbeating back in the queue, one attempt further.
+
+    Only builds the rack's workers run: one an outside builder reports on (PUT) is not the rack's to rerun.
+    """
     return fetchone(
         conn,
         "UPDATE builds SET status = 'created', attempt = attempt + 1, process = '', heartbeat = NULL,"
         " running_at = NULL WHERE id = %s AND status = 'running' AND process = %s"
-        " AND heartbeat < now() - make_interval(secs => %s) AND NOT cancel_requested RETURNING *",
+        " AND process <> 'external' AND repository = '' AND NOT cancel_requested"
+        " AND heartbeat < now() - make_interval(secs => %s) RETURNING *",
         (id, process, older_than_seconds),
     )
 
