@@ -3,8 +3,13 @@ services side by side; and the builder a rack uses, shown to clients."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import random
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +22,16 @@ from rack.config import BUILDERS, ConfigError, load_settings
 from rack.context import Rack
 from rack.db import execute
 from rack.pipeline import run as pipeline
-from tests.helpers import build, build_log, request_cancel, upload, when_started, write_app
+from tests.helpers import (
+    build,
+    build_log,
+    cached_steps,
+    request_cancel,
+    run_image,
+    upload,
+    when_started,
+    write_app,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -138,3 +152,121 @@ def test_a_cancel_stops_the_step_in_the_engine(brack, tmp_path):
 def test_a_bad_builder_setting_is_refused(env, words):
     with pytest.raises(ConfigError, match=words):
         load_settings({"RACK_PASSWORD": "x", **env})
+
+
+@pytest.fixture(scope="module")
+def bk(docker_stack):
+    """A Rack building with BuildKit (the default), its own object store and app, and a docker client."""
+    home = Path(tempfile.mkdtemp(prefix="rack-buildkit-"))
+    env = {**docker_stack.env, "RACK_STORAGE": f"file://{home}/objects", "RACK_HEARTBEAT_INTERVAL": "1"}
+    r = Rack(load_settings(env), enqueue_build=lambda build_id: None)
+    with r.db.transaction() as conn:
+        execute(conn, "DELETE FROM apps WHERE name IN ('bk-secrets', 'bk-cache', 'bk-other', 'bk-sides')")
+    for name in ("bk-secrets", "bk-cache", "bk-other", "bk-sides"):
+        apps.create(r, name=name)
+    r.docker = docker_stack.docker()  # type: ignore[attr-defined]
+    yield r
+    r.docker.close()  # type: ignore[attr-defined]
+    r.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+SECRETS = {
+    "convox.yml": "services:\n  web:\n    build: .\n",
+    "Dockerfile": "FROM busybox\n"
+    "RUN --mount=type=secret,id=NPM_TOKEN --mount=type=secret,id=DB_PASSWORD \\\n"
+    "    --mount=type=secret,id=COLOR \\\n"
+    '    echo "read $(cat /run/secrets/NPM_TOKEN | wc -c) bytes, color $(cat /run/secrets/COLOR)" \\\n'
+    "    && cat /run/secrets/NPM_TOKEN /run/secrets/DB_PASSWORD && echo \\\n"
+    "    && sha256sum /run/secrets/NPM_TOKEN | cut -d' ' -f1 > /token.sha256\n"
+    'CMD ["cat", "/token.sha256"]\n',
+}
+
+
+def test_secrets_reach_run_steps_as_mounts_and_nowhere_else(bk, tmp_path, monkeypatch):
+    from rack import exports, releases
+    from rack.pipeline.engine import buildkit
+
+    token, password = f"npm-{random.randrange(10**12)}", f"pw-{random.randrange(10**12)}"
+    releases.set_env(bk, "bk-secrets", set_vars={"NPM_TOKEN": token, "COLOR": "teal"})
+    files: list[tuple[Path, int]] = []
+    write_secret = buildkit._secret_file
+
+    def spied(folder: Path, name: str, value: str) -> Path:
+        path = write_secret(folder, name, value)
+        files.append((path, path.stat().st_mode & 0o777))
+        return path
+
+    monkeypatch.setattr(buildkit, "_secret_file", spied)
+    row = build(bk, "bk-secrets", write_app(tmp_path, SECRETS), build_args=[f"DB_PASSWORD={password}"])
+    assert row["status"] == "complete", row["reason"]
+
+    text = build_log(bk, row)
+    assert f"read {len(token)} bytes, color teal" in text
+    assert "***" in text  # the step printed both values: masked
+    image = row["images"]["web"]["image"]
+    assert run_image(bk.docker, image) == hashlib.sha256(token.encode()).hexdigest() + "\n"
+    # The files lived only for the build, readable by the worker alone; the values are nowhere after it.
+    assert sorted(p.name for p, _ in files) == ["secret-COLOR", "secret-DB_PASSWORD", "secret-NPM_TOKEN"]
+    assert {mode for _, mode in files} == {0o600}
+    assert not any(p.exists() or p.parent.exists() for p, _ in files)
+    inspected = json.dumps(bk.docker.api.inspect_image(image))
+    history = json.dumps(bk.docker.api.history(image))
+    archive = gzip.decompress(b"".join(exports.export(bk, "bk-secrets", row["id"])))
+    for value in (token, password):
+        assert value not in text
+        assert value not in inspected
+        assert value not in history
+        assert value.encode() not in archive
+    assert len(archive) > 100_000  # the image's layers are in it: the search looked at them
+
+
+CACHED = {
+    "convox.yml": "services:\n  web:\n    build: .\n",
+    "Dockerfile": "FROM busybox\nCOPY stamp /stamp\n"
+    "RUN --mount=type=cache,target=/root/.cache \\\n"
+    '    echo "the cache held $(ls /root/.cache | wc -l) runs" && cp /stamp "/root/.cache/$(cat /stamp)"\n',
+}
+
+
+def test_cache_mounts_persist_per_app_and_no_cache_empties_them(bk, tmp_path):
+    def held(app: str, n: int, **options) -> str:
+        folder = write_app(tmp_path / f"{app}-{n}", {**CACHED, "stamp": f"{app}-{n}-{random.random()}"})
+        row = build(bk, app, folder, **options)
+        assert row["status"] == "complete", row["reason"]
+        found = re.findall(r"the cache held (\d+) runs", build_log(bk, row))
+        assert len(found) == 1
+        return found[0]
+
+    first = held("bk-cache", 1)
+    assert held("bk-cache", 2) == str(int(first) + 1)  # the second build found the first one's file
+    assert held("bk-other", 1) == "0"  # another app never sees this app's cache
+    assert held("bk-cache", 3, no_cache=True) == "0"
+    assert held("bk-cache", 4) == "1"  # the cache --no-cache started is the one kept
+
+
+def test_a_cold_engine_reuses_the_layers_of_the_apps_previous_images(bk, tmp_path):
+    folder = write_app(
+        tmp_path,
+        {
+            "convox.yml": "services:\n  web:\n    build: .\n",
+            "Dockerfile": f"FROM busybox\nRUN echo baking {random.random()} && sleep 1 > /baked\n",
+        },
+    )
+    first = build(bk, "bk-other", folder)
+    assert first["status"] == "complete", first["reason"]
+    assert "baking" in build_log(bk, first).split("Running: docker push")[0]
+    # Forget everything this engine knows of the build: its image and BuildKit's cache.
+    bk.docker.images.remove(first["images"]["web"]["image"], force=True)
+    subprocess.run(
+        ["/usr/bin/docker", "-H", bk.settings.docker_host, "builder", "prune", "--all", "--force"],
+        check=True,
+        capture_output=True,
+        env={"DOCKER_CONFIG": str(tmp_path / "docker-config"), "PATH": "/usr/bin:/bin"},
+    )
+    second = build(bk, "bk-other", folder)
+    assert second["status"] == "complete", second["reason"]
+    text = build_log(bk, second)
+    assert "importing cache manifest from " in text
+    assert any("RUN echo baking" in step for step in cached_steps(text))
+    assert "0.0 baking" not in text and not re.search(r"^#\d+ [\d.]+ baking", text, re.M)
