@@ -14,6 +14,7 @@ from cli.build import build, deploy
 from cli.builds import builds
 from cli.client import RackClient
 from cli.env import env
+from cli.events import rack_webhooks
 from cli.output import info, table
 from cli.releases import releases
 from cli.settings import Endpoint, normalize_host
@@ -62,14 +63,20 @@ def switch(name: str | None) -> None:
     click.echo(f"Switched to {name}")
 
 
-@main.command()
-def rack() -> None:
+@main.group(invoke_without_command=True)
+@click.pass_context
+def rack(ctx: click.Context) -> None:
     """Show the rack."""
+    if ctx.invoked_subcommand is not None:
+        return
     s = RackClient().get("/system")
     rows = [("Name", s["name"]), ("Provider", s["provider"]), ("Status", s["status"]), ("Version", s["version"])]
     if builder := (s.get("parameters") or {}).get("Builder"):
         rows.append(("Builder", builder))
     info(rows)
+
+
+rack.add_command(rack_webhooks)
 
 
 for command in (apps, build, deploy, builds, releases, env, webhooks):

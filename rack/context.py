@@ -18,12 +18,17 @@ def no_queue(build_id: str) -> None:
     raise RuntimeError("this process cannot enqueue builds")
 
 
+def no_events(hook_id: str, body: str) -> None:
+    """Drop events: the default for processes with no queue to deliver them from (scripts, unit tests)."""
+
+
 @dataclass
 class Rack:
     """Settings plus lazily opened connections; nothing connects until first used."""
 
     settings: Settings
     enqueue_build: Callable[[str], None] = field(default=no_queue)
+    send_event: Callable[[str, str], None] = field(default=no_events)  # (hook id, JSON body) to deliver
 
     @cached_property
     def db(self) -> Database:

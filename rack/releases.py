@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rack import apps
+from rack import apps, events
 from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound
 from rack.ids import check_id, new_id
@@ -88,7 +88,16 @@ def create(rack: Rack, app: str, *, build: str | None = None, **kw) -> dict:
                 raise NotFound(f"build not found: {build}")
             if row["status"] != "complete":
                 raise Conflict(f"build {build} is {row['status']}: only a complete build can be released")
-        return create_in(conn, app=app, build=build, **kw)
+        release = create_in(conn, app=app, build=build, **kw)
+    created(rack, release)
+    return release
+
+
+def created(rack: Rack, release: dict) -> None:
+    """Tell the event hooks of a new release."""
+    events.emit(
+        rack, "release:create", app=release["app"], data={"id": release["id"], "build_id": release["build"]}
+    )
 
 
 def get(rack: Rack, app: str, release_id: str) -> dict:
@@ -127,7 +136,9 @@ def set_env(
         for key in unset or []:
             env.pop(key, None)
         env.update(set_vars or {})
-        return create_in(conn, app=app, env=format_env(env))
+        release = create_in(conn, app=app, env=format_env(env))
+    created(rack, release)
+    return release
 
 
 def promote(rack: Rack, app: str, release_id: str, *, rollback: bool = False) -> dict:
@@ -146,6 +157,7 @@ def promote(rack: Rack, app: str, release_id: str, *, rollback: bool = False) ->
         if active and release["created"] < active["created"] and not rollback:
             raise Invalid("can not promote an older release, try rollback")
         apps_sql.set_release(conn, name=app, release=release_id)
+    events.emit(rack, "release:promote", app=app, data={"id": release_id})
     return release
 
 
@@ -161,4 +173,5 @@ def rollback(rack: Rack, app: str, release_id: str) -> dict:
             description=f"rollback to {release_id}",
             parent=release_id,
         )
+    created(rack, new)
     return promote(rack, app, new["id"])

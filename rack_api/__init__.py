@@ -5,12 +5,25 @@ from __future__ import annotations
 from flask import Flask
 
 from rack.config import Settings, load_settings
-from rack.context import Rack, no_queue
+from rack.context import Rack, no_events, no_queue
 
 
 def create_app(settings: Settings | None = None, *, rack: Rack | None = None) -> Flask:
     """Make the API app; nothing connects to a backing service until a request needs it."""
-    from rack_api import apps, auth, builds, errors, exports, logs, objects, queue, releases, system, webhooks
+    from rack_api import (
+        apps,
+        auth,
+        builds,
+        errors,
+        events,
+        exports,
+        logs,
+        objects,
+        queue,
+        releases,
+        system,
+        webhooks,
+    )
 
     app = Flask(__name__, static_folder=None)
     app.wsgi_app = _collapse_slashes(app.wsgi_app)  # type: ignore[method-assign]
@@ -18,6 +31,8 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
         rack = Rack(settings or load_settings())
     if rack.enqueue_build is no_queue:
         rack.enqueue_build = queue.enqueue_build_for(rack.settings)
+    if rack.send_event is no_events:
+        rack.send_event = queue.send_event_for(rack.settings)
     app.extensions["rack"] = rack
 
     errors.init_app(app)
@@ -30,6 +45,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     logs.init_app(app)
     releases.init_app(app)
     webhooks.init_app(app)
+    events.init_app(app)
     return app
 
 

@@ -17,3 +17,15 @@ def enqueue_build_for(settings: Settings) -> Callable[[str], None]:
         celery.send_task("rack_worker.tasks.run_build", args=[build_id])
 
     return enqueue_build
+
+
+def send_event_for(settings: Settings) -> Callable[[str, str], None]:
+    """Return a function that enqueues `deliver_event(hook_id, body)` on the rack's broker."""
+    from rack_worker.celery_app import make_celery
+
+    celery = make_celery(settings)
+
+    def send_event(hook_id: str, body: str) -> None:
+        celery.send_task("rack_worker.tasks.deliver_event", args=[hook_id, body])
+
+    return send_event

@@ -7,9 +7,10 @@ import threading
 
 from celery import shared_task
 
+from rack import events
 from rack.config import load_settings
 from rack.context import Rack
-from rack.errors import Busy, Unavailable
+from rack.errors import BadGateway, Busy, Unavailable
 from rack.pipeline import run
 
 # How long a task waits for a slot of a waiting build's app before going back to the end of the queue;
@@ -26,7 +27,7 @@ def worker_rack() -> Rack:
     global _rack, _pid
     with _lock:
         if _rack is None or _pid != os.getpid():
-            _rack, _pid = Rack(load_settings()), os.getpid()
+            _rack, _pid = Rack(load_settings(), send_event=_queue_event), os.getpid()
         return _rack
 
 
@@ -49,3 +50,23 @@ def run_build(self, build_id: str) -> None:
         raise self.retry(countdown=0, max_retries=None) from None
     except Busy as exc:  # nothing was claimed; the queue expiry still ends a build that waits too long
         raise self.retry(exc=exc, countdown=BUSY_RETRY, max_retries=None) from None
+
+
+def _queue_event(hook_id: str, body: str) -> None:
+    deliver_event.delay(hook_id, body)
+
+
+# A receiver that is down or answers an error is tried again 2, 4, 8 ... s later (at most 10 min apart),
+# for about an hour in all; a hook removed meanwhile ends the retries.
+@shared_task(
+    name="rack_worker.tasks.deliver_event",
+    acks_late=True,
+    autoretry_for=(BadGateway, Unavailable),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=False,
+    max_retries=10,
+)
+def deliver_event(hook_id: str, body: str) -> None:
+    """POST one event to one hook."""
+    events.deliver(worker_rack(), hook_id, body)

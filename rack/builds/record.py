@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from rack import apps, objects
+from rack import apps, events, objects
 from rack.builds import queue
 from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound, Unavailable
@@ -144,6 +144,7 @@ def create(
                 reason=Reason.QUEUE(f"the build queue is unreachable ({type(exc).__name__})"),
             )
         raise Unavailable("the build queue (Redis) is unreachable; try again shortly") from exc
+    events.emit(rack, "build:create", app=app, data={"id": row["id"]})
     return row
 
 

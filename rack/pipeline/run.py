@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from rack import objects, releases
+from rack import events, objects, releases
 from rack.builds import queue
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavailable
@@ -66,10 +66,12 @@ def _claimed(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | Non
     becomes `platform:internal` (traceback in this process's log), never a build left `running`.
     """
     try:
-        return _run(rack, row, timeout, process=process)
+        done = _run(rack, row, timeout, process=process)
     except Exception as exc:
         log.exception("build %s: recording its outcome failed", row["id"])
-        return _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
+        done = _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
+    events.build_ended(rack, done, promoted=bool((row["options"] or {}).get("promote")))
+    return done
 
 
 def _run(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
