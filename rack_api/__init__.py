@@ -14,6 +14,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
         apps,
         auth,
         builds,
+        console,
         errors,
         events,
         exports,
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     releases.init_app(app)
     webhooks.init_app(app)
     events.init_app(app)
+    console.init_app(app)
     return app
 
 

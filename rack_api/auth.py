@@ -7,11 +7,15 @@ import re
 
 from flask import Flask, request
 
+from rack_api.console import session as console_session
 from rack_api.errors import error_response
 from rack_api.params import rack
 
 OPEN = {"/check"}
 WEBHOOK_DELIVERY = re.compile(r"/webhooks/[^/]+")  # POSTs here are signed instead (rack.webhooks.verify)
+CONSOLE = re.compile(r"/console(/.*)?")  # the console signs people in itself (rack_api.console.session)
+# A build's log, which the console's pages read over the websocket with their session cookie.
+LOGS = re.compile(r"/apps/[^/]+/builds/[^/]+/logs")
 
 
 def init_app(app: Flask) -> None:
@@ -20,6 +24,10 @@ def init_app(app: Flask) -> None:
         if request.path in OPEN:
             return None
         if request.method == "POST" and WEBHOOK_DELIVERY.fullmatch(request.path):
+            return None
+        if CONSOLE.fullmatch(request.path):
+            return None
+        if request.method == "GET" and LOGS.fullmatch(request.path) and console_session.reads_logs():
             return None
         auth = request.authorization
         password = rack().settings.password

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from rack.context import Rack
 from rack.db import Database, execute
 from rack.migrate import migrate
 from rack_stack import Stack
-from tests.helpers import SimBuild, basic
+from tests.helpers import LiveServer, SimBuild, basic
 
 
 def _stack_home(name: str) -> Path:
@@ -93,27 +92,6 @@ def redis_client(stack):
     r.flushdb()
     yield r
     r.close()
-
-
-class LiveServer:
-    """The API on a real loopback HTTP port, served from a thread (werkzeug, threaded)."""
-
-    def __init__(self, flask_app, password: str) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.password = password
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def rack_url(self) -> str:
-        return f"http://convox:{self.password}@127.0.0.1:{self.server.server_port}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
 
 
 @pytest.fixture

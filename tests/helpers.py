@@ -24,6 +24,7 @@ from pathlib import Path
 from rack import objects
 from rack.builds import record as builds
 from rack.context import Rack
+from rack.ids import new_id
 from rack.logs.stream import BuildLog
 from rack.sql import builds as sql
 
@@ -147,6 +148,16 @@ class Proc:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: no {needle!r} after {timeout}s:\n{self.text()[-3000:]}")
             time.sleep(0.05)
+
+
+def make_build(rack, app: str, *, status: str = "complete", reason: str = "", **fields) -> dict:
+    """Record a finished build (with a manifest) as a worker would leave it."""
+    with rack.db.transaction() as conn:
+        row = sql.insert(
+            conn, id=new_id("B"), app=app, source_url="", options={}, description="built", git_sha=""
+        )
+        fields = {"manifest": "services:\n  web:\n    build: .\n", **fields}
+        return sql.finish(conn, id=row["id"], status=status, reason=reason, fields=fields)
 
 
 def wait_for(predicate, *, timeout: float = 10, what: str = "the condition"):
@@ -451,3 +462,24 @@ def when_started(rack: Rack, build_id: str, action) -> threading.Thread:
 def request_cancel(rack: Rack, row: dict) -> None:
     with rack.db.transaction() as conn:
         sql.request_cancel(conn, app=row["app"], id=row["id"])
+
+
+class LiveServer:
+    """The API on a real loopback HTTP port, served from a thread (werkzeug, threaded)."""
+
+    def __init__(self, flask_app, password: str) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.password = password
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def rack_url(self) -> str:
+        return f"http://convox:{self.password}@127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)

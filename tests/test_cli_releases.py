@@ -9,8 +9,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from rack import apps, releases
-from rack.ids import new_id
-from rack.sql import builds as builds_sql
+from tests.helpers import make_build
 
 MANIFEST = "services:\n  web:\n    build: .\n"
 
@@ -33,16 +32,6 @@ def myapp(rack, cli_env, tmp_path, monkeypatch):
     monkeypatch.chdir(folder)
     apps.create(rack, name="myapp")
     return "myapp"
-
-
-def make_build(rack, app: str, *, status: str = "complete", reason: str = "", **fields) -> dict:
-    """Record a finished build (with a manifest) as a worker would leave it."""
-    with rack.db.transaction() as conn:
-        row = builds_sql.insert(
-            conn, id=new_id("B"), app=app, source_url="", options={}, description="built", git_sha=""
-        )
-        fields = {"manifest": MANIFEST, **fields}
-        return builds_sql.finish(conn, id=row["id"], status=status, reason=reason, fields=fields)
 
 
 def built_release(rack, app: str) -> str:

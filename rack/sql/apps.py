@@ -32,3 +32,14 @@ def delete(conn, *, name: str) -> int:
 
 def set_release(conn, *, name: str, release: str) -> int:
     return execute(conn, "UPDATE apps SET release = %s WHERE name = %s", (release, name))
+
+
+def list_with_last_build(conn) -> list[dict]:
+    """Every app with its newest build's id, status, reason and start (None when it has no build)."""
+    return fetchall(
+        conn,
+        "SELECT a.*, b.id AS build_id, b.status AS build_status, b.reason AS build_reason,"
+        " b.started AS build_started FROM apps a LEFT JOIN LATERAL"
+        " (SELECT id, status, reason, started FROM builds WHERE app = a.name"
+        "  ORDER BY started DESC, id DESC LIMIT 1) b ON true ORDER BY a.name",
+    )

@@ -66,9 +66,11 @@ def get_by_id(conn, *, id: str) -> dict | None:
     return fetchone(conn, "SELECT * FROM builds WHERE id = %s", (id,))
 
 
-def list_for_app(conn, *, app: str, limit: int) -> list[dict]:
+def list_for_app(conn, *, app: str, limit: int, offset: int = 0) -> list[dict]:
     return fetchall(
-        conn, "SELECT * FROM builds WHERE app = %s ORDER BY started DESC, id DESC LIMIT %s", (app, limit)
+        conn,
+        "SELECT * FROM builds WHERE app = %s ORDER BY started DESC, id DESC LIMIT %s OFFSET %s",
+        (app, limit, offset),
     )
 
 
