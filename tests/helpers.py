@@ -394,15 +394,17 @@ def cached_steps(log: str) -> list[str]:
     """Return the steps a build log shows taken from the cache, as either builder prints them."""
     steps, names, step = [], {}, ""
     for line in log.splitlines():
+        # Services built side by side prefix their lines ("[web] #5 …"); each numbers its steps alone.
+        service, line = re.match(r"^(\[[a-z0-9-]+\] )?(.*)$", line).groups()  # type: ignore[union-attr]
         if line.startswith("Step "):
             step = line
         elif line.strip() == "---> Using cache":
             steps.append(step)
         elif m := re.match(r"^(#\d+) (.*)$", line):
             if m.group(2) == "CACHED":
-                steps.append(names.get(m.group(1), ""))
+                steps.append(names.get((service, m.group(1)), ""))
             else:
-                names.setdefault(m.group(1), m.group(2))
+                names.setdefault((service, m.group(1)), m.group(2))
     return steps
 
 

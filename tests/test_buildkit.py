@@ -270,3 +270,48 @@ def test_a_cold_engine_reuses_the_layers_of_the_apps_previous_images(bk, tmp_pat
     assert "importing cache manifest from " in text
     assert any("RUN echo baking" in step for step in cached_steps(text))
     assert "0.0 baking" not in text and not re.search(r"^#\d+ [\d.]+ baking", text, re.M)
+
+
+def sides(stamp: str, first: str, second: str) -> dict[str, str]:
+    return {
+        "convox.yml": "services:\n  web:\n    build: web\n  api:\n    build: api\n  admin:\n    build: web\n",
+        "web/Dockerfile": f"FROM busybox\nRUN echo web {stamp} && {first}\n",
+        "api/Dockerfile": f"FROM busybox\nRUN echo api {stamp} && {second}\n",
+    }
+
+
+def test_independent_services_build_side_by_side_and_a_shared_one_once(bk, tmp_path):
+    row = build(bk, "bk-sides", write_app(tmp_path, sides(str(random.random()), "sleep 4", "sleep 4")))
+    assert row["status"] == "complete", row["reason"]
+    text = build_log(bk, row)
+    steps = [float(s) for s in re.findall(r"^\[(?:web|api)\] #\d+ DONE (\d+\.\d+)s$", text, re.M)]
+    sleeps = sum(s for s in steps if s >= 3.5)
+    ratio = row["phases"]["build"] / sleeps
+    took = row["phases"]["build"]
+    print(f"\nside by side: the build phase took {took:.1f}s for {sleeps:.1f}s of steps: ratio {ratio:.2f}")
+    assert len([s for s in steps if s >= 3.5]) == 2
+    assert ratio < 0.8
+    assert re.search(r"^\[web\] #\d+ [\d.]+ web ", text, re.M) and re.search(
+        r"^\[api\] #\d+ [\d.]+ api ", text, re.M
+    )
+    assert text.count("Building: ") == 2
+    web, admin = row["images"]["web"], row["images"]["admin"]
+    assert f"Running: docker tag {web['image']} {admin['image']}\n" in text
+    assert web["digest"] == admin["digest"]
+
+
+def test_a_failing_service_stops_the_one_beside_it(bk, tmp_path):
+    marker = f"sleep 6{random.randrange(10**6)}"
+    files = sides(str(random.random()), "exit 5", f"echo started; {marker}")
+    row = builds.create(bk, "bk-sides", url=upload(bk, "bk-sides", write_app(tmp_path, files)))
+    seen: list[list[int]] = []
+    watcher = when_started(bk, row["id"], lambda: seen.append(running(marker)))
+    done = pipeline.run_build(bk, row["id"], process="tests:1")
+    watcher.join(5)
+    assert done["status"] == "failed"
+    assert done["reason"].startswith("user:step: Step 2/2 : RUN echo web "), done["reason"]
+    assert done["reason"].endswith("returned a non-zero code: 5")
+    deadline = time.monotonic() + 10
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running(marker) == []

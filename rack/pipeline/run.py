@@ -87,7 +87,6 @@ def _run(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
 
 def _watched(rack: Rack, row: dict, out: Output, timeout: int, *, process: str) -> dict | None:
     build_id = row["id"]
-    settings = rack.settings
     watch = Watch(rack, build_id=build_id, process=process, timeout=timeout)
     run: BuildRun | None = None
     error: BuildError | None = None

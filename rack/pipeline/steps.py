@@ -6,12 +6,14 @@ import logging
 import os
 import posixpath
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from rack import objects, releases
 from rack.builds.record import PHASES
@@ -19,7 +21,7 @@ from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
-from rack.pipeline import dockerfile, folders, manifest
+from rack.pipeline import dockerfile, folders, manifest, parallel
 from rack.pipeline.engine import buildkit
 from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
@@ -232,20 +234,21 @@ class BuildRun:
         self.out.mask(secret_values(env, [self.rack.settings.registry_password]))
         limit = self.rack.settings.manifest_max_bytes
         services = manifest.load(text, env, max_bytes=limit, filename=name).services
-        built: dict[object, str] = {}
+        tags = {
+            s.name: f"{self.rack.settings.registry}/{self.row['app']}:{s.name}.{self.row['id']}"
+            for s in services
+        }
+        built = self.build_all([s for s in services if not s.image], tags, env)
         for service in services:
             self.check()
-            tag = f"{self.rack.settings.registry}/{self.row['app']}:{service.name}.{self.row['id']}"
+            tag = tags[service.name]
             with self.phases.timing("build"):
                 if service.image:
                     self.retag(service.image, tag, pull=True)
-                elif service.build_key in built:
+                elif built[service.build_key] != tag:
                     self.retag(built[service.build_key], tag)
-                else:
-                    self.build(service, tag, env)
-                    built[service.build_key] = tag
-                    if self.entrypoint is None:
-                        self.entrypoint = self.engine.entrypoint(tag)
+            if self.entrypoint is None and not service.image:
+                self.entrypoint = self.engine.entrypoint(tag)
             self.out.line(f"Running: docker push {tag}")
             with self.phases.timing("push"):
                 digest = drain(self.engine.push(tag, check=self.check), self.out.write)
@@ -344,8 +347,50 @@ class BuildRun:
                 self.secrets[name] = env[name]
         return env
 
-    def build(self, service, tag: str, env: dict[str, str]) -> None:
+    def build_all(self, services: list, tags: dict[str, str], env: dict[str, str]) -> dict[object, str]:
+        """Build each distinct path and Dockerfile once, side by side under BuildKit; return their tags."""
+        first: dict[object, Any] = {}
+        for service in services:
+            first.setdefault(service.build_key, service)
+        limit = self.rack.settings.build_parallel if self.engine.builder == "buildkit" else 1
+        if limit <= 1 or len(first) <= 1:
+            for service in first.values():
+                self.check()
+                with self.phases.timing("build"):
+                    self.build(service, tags[service.name], env)
+        else:
+            lock = threading.Lock()
+            jobs = [partial(self._build_beside, s, tags[s.name], env, lock) for s in first.values()]
+            with self.phases.timing("build"):
+                parallel.side_by_side(jobs, limit=limit, stop=self.engine.interrupt)
+            self.check()
+        return {key: tags[service.name] for key, service in first.items()}
+
+    def _build_beside(self, service, tag: str, env: dict[str, str], lock: threading.Lock) -> None:
+        write = parallel.Prefixed(self.out.write, lock, service.name)
+
+        def say(text: str) -> None:
+            with lock:
+                self.out.line(text)
+
+        self.check()
+        try:
+            self.build(service, tag, env, write=write, say=say)
+        finally:
+            write.flush()
+
+    def build(
+        self,
+        service,
+        tag: str,
+        env: dict[str, str],
+        *,
+        write: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         """Build a service's image from its path and Dockerfile, tagged `tag`."""
+        write = write or self.out.write
+        say = say or self.out.line
         context = inside(
             self.src, service.build_path, code=Reason.MANIFEST, what=f"service {service.name}: path"
         )
@@ -363,10 +408,10 @@ class BuildRun:
             raise BuildUserError(Reason.DOCKERFILE, f"{shown} is not UTF-8 text: {exc}") from exc
         args = dockerfile.build_args(dockerfile.declared_args(text), env)
         development = self.options.get("development") and dockerfile.has_target(text, "development")
-        self.out.line(f"Building: {service.name}")
+        say(f"Building: {service.name}")
         if self.engine.builder == "buildkit":
             for name in sorted(n for n in args if SECRET_NAME.search(n)):
-                self.out.line(
+                say(
                     f"Warning: {name} is passed as a build arg and stays in the image's history: "
                     f"read it with RUN --mount=type=secret,id={name} (at /run/secrets/{name}) instead"
                 )
@@ -384,7 +429,7 @@ class BuildRun:
                 cache_from=[previous] if previous and not self.options.get("no_cache") else [],
                 app=self.row["app"],
             ),
-            self.out.write,
+            write,
         )
 
     def retag(self, image: str, tag: str, *, pull: bool = False) -> None:
