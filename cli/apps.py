@@ -1,9 +1,12 @@
-"""`convox apps`, `apps create`, `apps delete`, `apps info`."""
+"""`convox apps`, `apps create`, `apps delete`, `apps info`, `apps lock`/`unlock`, `apps params [set]`."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import click
 
+from cli.appname import app_option, resolve_app, subcommand_app
 from cli.client import RackClient
 from cli.output import info, table
 
@@ -60,6 +63,59 @@ def app_info(name: str) -> None:
         ("Generation", a["generation"]),
         ("Release", a["release"]),
     ]
+    if a.get("locked"):
+        rows.append(("Locked", "true"))
     if a["parameters"].get("BuildTimeout"):
         rows.append(("BuildTimeout", a["parameters"]["BuildTimeout"]))
     info(rows)
+
+
+def _set_lock(name: str | None, locked: bool) -> None:
+    app = resolve_app(name)
+    client = RackClient()
+    click.echo(f"{'Locking' if locked else 'Unlocking'} {app}... ", nl=False)
+    client.put(f"/apps/{app}", data={"lock": "true" if locked else "false"})
+    click.echo("OK")
+
+
+@apps.command()
+@click.argument("name", required=False)
+def lock(name: str | None) -> None:
+    """Lock an app: it can not be deleted, nor its releases promoted, until unlocked."""
+    _set_lock(name, True)
+
+
+@apps.command()
+@click.argument("name", required=False)
+def unlock(name: str | None) -> None:
+    """Unlock an app."""
+    _set_lock(name, False)
+
+
+@apps.group(invoke_without_command=True)
+@app_option
+@click.pass_context
+def params(ctx: click.Context, app: str | None) -> None:
+    """Show an app's parameters (BuildTimeout)."""
+    ctx.obj = {**(ctx.obj or {}), "app": app}
+    if ctx.invoked_subcommand is None:
+        values = RackClient().get(f"/apps/{resolve_app(app)}")["parameters"]
+        if values:
+            info(sorted(values.items()))
+
+
+@params.command(name="set")
+@click.argument("pairs", nargs=-1, required=True, metavar="NAME=VALUE...")
+@app_option
+@click.pass_context
+def params_set(ctx: click.Context, pairs: tuple[str, ...], app: str | None) -> None:
+    """Set app parameters, e.g. `BuildTimeout=600` (empty value: the rack's default)."""
+    app = subcommand_app(ctx, app)
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="NAME=VALUE")
+    client = RackClient()
+    click.echo("Updating parameters... ", nl=False)
+    values = dict(p.split("=", 1) for p in pairs)
+    client.put(f"/apps/{app}", data={"parameters": urlencode(values)})
+    click.echo("OK")

@@ -148,6 +148,7 @@ def promote(rack: Rack, app: str, release_id: str, *, rollback: bool = False) ->
         row = apps_sql.get(conn, name=app, lock=True)
         if row is None:
             raise NotFound(f"app not found: {app}")
+        apps.check_unlocked(row, "promote a release of")
         release = sql.get(conn, app=app, id=release_id)
         if release is None:
             raise NotFound(f"release not found: {release_id}")
@@ -163,6 +164,7 @@ def promote(rack: Rack, app: str, release_id: str, *, rollback: bool = False) ->
 
 def rollback(rack: Rack, app: str, release_id: str) -> dict:
     """Create a new release with an old one's build and env, then promote it."""
+    apps.check_unlocked(apps.get(rack, app), "roll back")
     old = get(rack, app, release_id)
     with rack.db.transaction() as conn:
         new = create_in(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, request
 
 from rack import apps
 from rack_api.params import as_json, ok, param, rack
@@ -33,7 +33,13 @@ def show(app: str):
 
 @bp.put("/apps/<app>")
 def update(app: str):
-    return as_json(apps.serialize(apps.update(rack(), app, timeout=param("timeout"))))
+    unknown = sorted((set(request.form) | set(request.args)) - {"lock", "parameters", "timeout"})
+    lock = param("lock")
+    row = apps.update(
+        rack(), app, timeout=param("timeout"), parameters=param("parameters"),
+        lock=None if lock is None else lock == "true", unknown=unknown,
+    )  # fmt: skip
+    return as_json(apps.serialize(row))
 
 
 @bp.delete("/apps/<app>")

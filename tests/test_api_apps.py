@@ -60,3 +60,49 @@ def test_build_timeout_per_app(client):
         assert "timeout must be" in resp.get_json()["error"]
     assert client.post("/apps", data={"name": "bad", "timeout": "-5"}).status_code == 400
     assert client.get("/apps/bad").status_code == 404
+
+
+def test_a_locked_app_refuses_delete_promote_and_rollback(client, rack):
+    from rack import releases
+
+    client.post("/apps", data={"name": "locked"})
+    with rack.db.transaction() as conn:
+        release = releases.create_in(conn, app="locked")
+        conn.cursor().execute("UPDATE releases SET manifest = 'services: {}' WHERE id = %s", (release["id"],))
+    resp = client.put("/apps/locked", data={"lock": "true"})
+    assert resp.status_code == 200 and resp.get_json()["locked"] is True
+    assert client.get("/apps/locked").get_json()["locked"] is True
+    for method, path, action in (
+        ("delete", "/apps/locked", "delete"),
+        ("post", f"/apps/locked/releases/{release['id']}/promote", "promote a release of"),
+        ("post", f"/apps/locked/releases/{release['id']}/rollback", "roll back"),
+    ):
+        resp = getattr(client, method)(path)
+        assert resp.status_code == 409, path
+        assert resp.get_json()["error"] == (
+            f"app locked is locked: can not {action} it; run `convox apps unlock locked` first"
+        )
+    assert client.get("/apps/locked").get_json()["release"] == ""
+    assert client.put("/apps/locked", data={"lock": "false"}).get_json()["locked"] is False
+    assert client.post(f"/apps/locked/releases/{release['id']}/promote").status_code == 200
+    assert client.delete("/apps/locked").data == b"ok\n"
+
+
+def test_parameters_that_mean_something_are_applied_and_unknown_ones_are_400(client):
+    client.post("/apps", data={"name": "params"})
+    resp = client.put("/apps/params", data={"parameters": "BuildTimeout=600"})
+    assert resp.status_code == 200 and resp.get_json()["parameters"] == {"BuildTimeout": "600"}
+    for raw, error in (
+        ("BuildCpu=256&BuildLabels=x", "unknown app parameters: BuildCpu, BuildLabels (this rack knows: "),
+        ("BuildTimeout=600&Foo=1", "unknown app parameter: Foo (this rack knows: BuildTimeout)"),
+        ("BuildTimeout=nope", "timeout must be a whole number of seconds, got 'nope'"),
+        ("garbage", "are not NAME=VALUE pairs"),
+    ):
+        resp = client.put("/apps/params", data={"parameters": raw})
+        assert resp.status_code == 400, raw
+        assert error in resp.get_json()["error"], resp.get_json()
+    assert client.get("/apps/params").get_json()["parameters"] == {"BuildTimeout": "600"}  # nothing half-set
+    resp = client.put("/apps/params", data={"lock": "true", "router": "x"})
+    assert (resp.status_code, resp.get_json()) == (400, {"error": "unknown option: router"})
+    assert client.get("/apps/params").get_json()["locked"] is False
+    assert client.put("/apps/params", data={"parameters": "BuildTimeout="}).get_json()["parameters"] == {}

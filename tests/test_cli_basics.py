@@ -125,3 +125,18 @@ def test_login_file_is_created_private(live_server, monkeypatch, tmp_path):
     finally:
         os.umask(old)
     assert created == [0o600]
+
+
+def test_apps_lock_unlock_and_params(cli_env):
+    assert run("apps", "create", "guarded").exit_code == 0
+    assert run("apps", "lock", "guarded").output == "Locking guarded... OK\n"
+    assert "Locked      true" in run("apps", "info", "guarded").output
+    refused = CliRunner().invoke(main, ["apps", "delete", "guarded"])
+    assert refused.exit_code == 1 and "app guarded is locked: can not delete it" in refused.output
+    assert run("apps", "unlock", "guarded").output == "Unlocking guarded... OK\n"
+    updated = run("apps", "params", "set", "BuildTimeout=900", "-a", "guarded")
+    assert updated.output == "Updating parameters... OK\n"
+    assert run("apps", "params", "-a", "guarded").output == "BuildTimeout  900\n"
+    bad = CliRunner().invoke(main, ["apps", "params", "set", "BuildCpu=1", "-a", "guarded"])
+    assert bad.exit_code == 1 and "unknown app parameter: BuildCpu" in bad.output
+    assert run("apps", "delete", "guarded").output == "Deleting guarded... OK\n"

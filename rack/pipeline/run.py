@@ -70,7 +70,7 @@ def _claimed(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | Non
     except Exception as exc:
         log.exception("build %s: recording its outcome failed", row["id"])
         done = _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
-    events.build_ended(rack, done, promoted=bool((row["options"] or {}).get("promote")))
+    events.build_ended(rack, done, promoted=bool(done and done.get("promoted")))
     return done
 
 
@@ -131,6 +131,14 @@ def _last_resort(rack: Rack, row: dict, message: str, *, process: str) -> dict |
         log.exception("build %s: even its failure could not be recorded", row["id"])
         return None
     return done
+
+
+def promoting(conn, row: dict) -> bool:
+    """Whether a completing build promotes its release: asked for, and its app is not locked."""
+    if not (row["options"] or {}).get("promote"):
+        return False
+    app = apps_sql.get(conn, name=row["app"], lock=True)
+    return app is not None and not app["locked"]
 
 
 def storable(text: str, *, limit: int = 4096) -> str:
@@ -211,8 +219,9 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
         )
         if done is None:
             raise _Lost  # roll the release back: whoever ended the build decided its outcome
-        if (row["options"] or {}).get("promote"):  # asked for by a push webhook: release and promote at once
+        if promoting(conn, row):  # asked for by a push webhook: release and promote at once
             apps_sql.set_release(conn, name=row["app"], release=release["id"])
+            done["promoted"] = True  # for the release:promote event, once this commits
         return done
 
     try:

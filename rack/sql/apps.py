@@ -43,3 +43,7 @@ def list_with_last_build(conn) -> list[dict]:
         " (SELECT id, status, reason, started FROM builds WHERE app = a.name"
         "  ORDER BY started DESC, id DESC LIMIT 1) b ON true ORDER BY a.name",
     )
+
+
+def set_locked(conn, *, name: str, locked: bool) -> int:
+    return execute(conn, "UPDATE apps SET locked = %s WHERE name = %s", (locked, name))
