@@ -315,3 +315,49 @@ def test_a_failing_service_stops_the_one_beside_it(bk, tmp_path):
     while running(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert running(marker) == []
+
+
+def test_a_syntax_line_naming_a_frontend_the_rack_cannot_pull_says_what_to_do(bk, tmp_path):
+    frontend = f"{bk.settings.registry}/nosuch/dockerfile:1"
+    files = {
+        "convox.yml": "services:\n  web:\n    build: .\n",
+        "Dockerfile": f"# syntax={frontend}\nFROM busybox\nRUN true\n",
+    }
+    row = build(bk, "bk-other", write_app(tmp_path, files))
+    assert row["status"] == "failed"
+    assert row["reason"].startswith(
+        f"user:dockerfile: the Dockerfile's `# syntax=` line names the frontend {frontend}, which this rack "
+        "cannot pull: drop the line (the built-in frontend supports RUN --mount for cache and secrets), or "
+        "push the frontend image into the rack's registry"
+    ), row["reason"]
+
+
+def test_steps_are_named_as_the_classic_builder_numbers_them():
+    from rack.pipeline.engine.buildkit import StepNames, normalize_image
+
+    names = StepNames(
+        "ARG BASE=busybox\nFROM ${BASE} AS base\nWORKDIR /app\nENV A=1\nCOPY . .\n"
+        "FROM base\nRUN make \\\n  all\nFROM busybox\nCOPY --from=base /app /app\n"
+    )
+    assert names.label("[base 2/3] WORKDIR /app") == "Step 3/9 : WORKDIR /app"
+    assert names.label("[stage-1 1/1] RUN make   all") == "Step 7/9 : RUN make   all"
+    assert names.label("[stage-2 2/2] COPY --from=base /app /app") == "Step 9/9 : COPY --from=base /app /app"
+    assert names.label("[other 1/1] RUN x") == "Step [other 1/1] RUN x"  # unknown: BuildKit's own name
+    assert StepNames("FROM busybox\nRUN true\n").from_label("docker.io/library/busybox:latest") == (
+        "Step 1/2 : FROM busybox"
+    )
+    assert normalize_image("127.0.0.1:5000/app:web.B1") == "127.0.0.1:5000/app:web.B1"
+    assert normalize_image("me/tool") == "docker.io/me/tool:latest"
+
+
+def test_cache_mounts_get_an_id_under_the_apps_scope():
+    from rack.pipeline.engine.buildkit import scope_cache_mounts
+
+    text = (
+        "RUN --mount=type=cache,target=/root/.cache pip install .\n"
+        "RUN --mount=type=cache,id=npm,target=/n --mount=type=secret,id=T npm ci\n"
+    )
+    assert scope_cache_mounts(text, "rack/app/1") == (
+        "RUN --mount=type=cache,target=/root/.cache,id=rack/app/1/root/.cache pip install .\n"
+        "RUN --mount=type=cache,target=/n,id=rack/app/1/npm --mount=type=secret,id=T npm ci\n"
+    )

@@ -38,17 +38,6 @@ def build_args(declared: Iterable[str], env: Mapping[str, str]) -> dict[str, str
     return {name: env[name] for name in declared if name in env}
 
 
-def syntax(text: str) -> str:
-    """Return the frontend image a leading `# syntax=` directive names ("" when there is none)."""
-    for line in text.splitlines():
-        match = _DIRECTIVE.fullmatch(line.strip())
-        if match is None:
-            return ""
-        if match.group(1).lower() == "syntax":
-            return match.group(2)
-    return ""
-
-
 def instructions(text: str) -> list[tuple[str, str]]:
     """Return every instruction as (KEYWORD, rest), continued lines joined, comments left out."""
     return list(_instructions(text))
