@@ -47,6 +47,8 @@ class Settings:
     build_parallel: int = 2  # services of one build built side by side
     log_stream_ttl: int = 3600
     log_max_bytes: int = 64 * 1024 * 1024  # a build's log; past it output is dropped and the cut noted
+    metrics_token: str = field(default="", repr=False)  # Bearer token for /metrics; "" = the rack password
+    metrics_port: int = 0  # each worker serves /metrics on this port; 0 = not at all
     app_max_running: int = 2  # builds of one app running at once; the others wait their turn
     build_attempts: int = 2  # runs of a build whose worker was lost, counting the first
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks

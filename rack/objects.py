@@ -8,7 +8,7 @@ import secrets
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from rack import apps
+from rack import apps, metrics
 from rack.context import Rack
 from rack.errors import Invalid, NotFound
 from rack.storage import key_size_problem, shown
@@ -57,7 +57,8 @@ def put(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
     """Stream an upload into the store within the size limit; return its object URL."""
     apps.get(rack, app)
     key = normalize_key(key)
-    rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)
+    size = rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)
+    metrics.add_upload_bytes(rack, size)
     return url(app, key)
 
 

@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
         events,
         exports,
         logs,
+        metrics,
         objects,
         queue,
         releases,
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     webhooks.init_app(app)
     events.init_app(app)
     console.init_app(app)
+    metrics.init_app(app)
     return app
 
 

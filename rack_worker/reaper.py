@@ -11,19 +11,27 @@ import threading
 from celery import current_app
 from celery.signals import worker_ready, worker_shutdown
 
+from rack import metrics
 from rack.builds import lifecycle
 from rack.config import load_settings
 from rack.context import Rack
 from rack.pipeline import folders
+from rack_worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
+_servers: list = []
 
 
-def reap_forever(rack: Rack, stop: threading.Event) -> None:
-    """Run the reaper every heartbeat interval until told to stop; outages only delay it."""
+def reap_forever(rack: Rack, stop: threading.Event, *, worker: str = "") -> None:
+    """Run the reaper every heartbeat interval until told to stop; outages only delay it.
+
+    Each round also records that this worker is alive (the metrics' worker heartbeats).
+    """
     while not stop.wait(rack.settings.heartbeat_interval):
         try:
+            if worker:
+                metrics.worker_heartbeat(rack, worker)
             lifecycle.reap(rack)
         except Exception:  # Postgres or Redis away: try again next round
             log.warning("reaper round failed", exc_info=True)
@@ -41,9 +49,17 @@ def start_reaper(sender=None, **_kw) -> None:
         folders.sweep(rack)
     except Exception:
         log.warning("sweeping build folders failed", exc_info=True)
-    threading.Thread(target=reap_forever, args=(rack, _stop), name="rack-reaper", daemon=True).start()
+    worker = getattr(sender, "hostname", "") or ""
+    served = worker_metrics.serve(rack)
+    if served is not None:
+        _servers.append(served)
+    threading.Thread(
+        target=reap_forever, args=(rack, _stop), kwargs={"worker": worker}, name="rack-reaper", daemon=True
+    ).start()
 
 
 @worker_shutdown.connect
 def stop_reaper(**_kw) -> None:
     _stop.set()
+    for server in _servers:
+        server.shutdown()

@@ -63,7 +63,7 @@ def rack(settings, enqueued):
     """A Rack on clean tables and an empty Redis."""
     r = Rack(settings, enqueue_build=enqueued.append)
     with r.db.transaction() as conn:
-        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
+        execute(conn, "TRUNCATE apps, builds, releases, counters, workers CASCADE")
     r.redis.flushdb()
     yield r
     r.close()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
 
-from rack import objects
+from rack import metrics, objects
 from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import Invalid, NotFound
@@ -87,6 +87,8 @@ def read_log(
     chunks = _read(
         rack, row, _Cursor(offset), follow=follow, poll_s=poll_ms / 1000, block_ms=block_ms, stop=stop
     )
+    if follow and row["status"] not in builds.FINAL:
+        chunks = metrics.follow(rack, chunks)
     return LogStream(row, chunks)
 
 

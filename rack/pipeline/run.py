@@ -205,7 +205,12 @@ def _record(rack: Rack, step):
 def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str) -> dict | None:
     """Store the log, then create the release and mark the build complete in one transaction."""
     start = time.monotonic()  # the "release" phase: storing the log and recording the release
-    fields = {"logs": _store_log(rack, row, out), "images": run.images, "entrypoint": run.entrypoint or ""}
+    fields: dict = {
+        "logs": _store_log(rack, row, out),
+        "images": run.images,
+        "entrypoint": run.entrypoint or "",
+    }
+    fields.update(log_lines=out.lines, log_bytes=out.size)
 
     def finish(conn) -> dict:
         release = releases.create_in(conn, app=row["app"], build=row["id"])
@@ -248,6 +253,7 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
     if not out.closed:
         out.line(f"ERROR: {error.message}")
         fields["logs"] = _store_log(rack, row, out)
+    fields.update(log_lines=out.lines, log_bytes=out.size)
 
     def finish(conn) -> dict | None:
         return sql.finish(conn, id=row["id"], status="failed", reason=reason, fields=fields, process=process)

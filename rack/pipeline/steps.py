@@ -52,6 +52,7 @@ class Output:
         self.max_bytes = max_bytes
         self.copy = tempfile.TemporaryFile()
         self.size = 0  # bytes written to the log so far
+        self.lines = 0  # and their lines
         self.cut = 0  # bytes of output left out past max_bytes
         self._partial = ""
         self._warned = False
@@ -93,6 +94,7 @@ class Output:
                 if not data:
                     return
         self.size += len(data)
+        self.lines += data.count(b"\n")
         self.copy.write(data)
         # A refused write took nothing, so trying again cannot repeat a line. The first refusal may only
         # report an earlier failed flush; a second means the writer is full: leave the line to the copy.
