@@ -38,9 +38,13 @@ class Settings:
     queue_expiry: int = 3600
     extract_max_bytes: int = 8 * GiB
     extract_max_entries: int = 200_000
+    extract_max_ratio: int = 100  # an archive may expand to this many times its size (at least 64 MiB)
     extract_max_depth: int = 256  # folders deep; deeper trees break tools that walk them recursively
     build_dir: str = ""  # where workers make build folders; "" is <tmp>/rack-builds
     manifest_max_bytes: int = 1024 * 1024
+    form_max_bytes: int = 1024 * 1024  # a request's form parameters, all together
+    env_max_value_bytes: int = 64 * 1024  # one environment value
+    env_max_bytes: int = 512 * 1024  # an app's whole environment
     build_memory: int = 0
     build_cpus: float = 0.0
     builder: str = "buildkit"  # or "classic": the engine's classic builder, for an engine without BuildKit

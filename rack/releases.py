@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rack import apps, events
+from rack.config import Settings
 from rack.context import Rack
-from rack.errors import Conflict, Invalid, NotFound
+from rack.errors import Conflict, Invalid, NotFound, TooLarge
 from rack.ids import check_id, new_id
 from rack.sql import apps as apps_sql
 from rack.sql import builds as builds_sql
@@ -35,6 +36,18 @@ def parse_env(text: str) -> dict[str, str]:
             raise Invalid(f"invalid environment line {line!r}: expected KEY=VALUE")
         env[key] = value
     return env
+
+
+def check_env(env: dict[str, str], settings: Settings) -> None:
+    """Refuse an environment with a value or a total past the rack's limits (each release copies it)."""
+    for key, value in env.items():
+        size, limit = len(value.encode("utf-8", "surrogatepass")), settings.env_max_value_bytes
+        if size > limit:
+            shown = key if len(key) <= 100 else key[:100] + "..."
+            raise TooLarge(f"the value of {shown} is {size} bytes, larger than the limit of {limit}")
+    total = len(format_env(env).encode("utf-8", "surrogatepass"))
+    if total > settings.env_max_bytes:
+        raise TooLarge(f"the environment is {total} bytes, larger than the limit of {settings.env_max_bytes}")
 
 
 def format_env(env: dict[str, str]) -> str:
@@ -88,6 +101,8 @@ def create(rack: Rack, app: str, *, build: str | None = None, **kw) -> dict:
                 raise NotFound(f"build not found: {build}")
             if row["status"] != "complete":
                 raise Conflict(f"build {build} is {row['status']}: only a complete build can be released")
+        if kw.get("env") is not None:
+            check_env(parse_env(kw["env"]), rack.settings)
         release = create_in(conn, app=app, build=build, **kw)
     created(rack, release)
     return release
@@ -136,6 +151,7 @@ def set_env(
         for key in unset or []:
             env.pop(key, None)
         env.update(set_vars or {})
+        check_env(env, rack.settings)
         release = create_in(conn, app=app, env=format_env(env))
     created(rack, release)
     return release

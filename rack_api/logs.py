@@ -21,6 +21,17 @@ import threading
 
 from flask import Blueprint, Flask, Response, request, stream_with_context
 from simple_websocket import ConnectionClosed, Server
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
 from rack.errors import Invalid, RackError
 from rack.logs import reader
@@ -111,7 +122,7 @@ def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Resp
     for key in ("werkzeug.socket", "gunicorn.socket"):
         if key in environ:
             environ[key] = _SerialSocket(environ[key])
-    ws = Server(environ)
+    ws = _SendOnly(environ)
     client.ws = ws
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # keeps a character split across chunks whole
     try:
@@ -140,6 +151,44 @@ def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Resp
     finally:
         stream.close()
     return _Upgraded(ws.mode)
+
+
+class _SendOnly(Server):
+    """A websocket that answers pings and a close, and takes no messages: one ends the connection."""
+
+    # simple_websocket would queue whatever a client sends, without bound, for a receive() that this
+    # route never calls; and it offers per-message compression, whose input could expand without bound.
+
+    def _handle_events(self) -> bool:
+        out = b""
+        keep_going = True
+        try:
+            for event in self.ws.events():
+                if isinstance(event, Request):
+                    out += self.ws.send(AcceptConnection())
+                elif isinstance(event, Ping):
+                    out += self.ws.send(event.response())
+                elif isinstance(event, Pong):
+                    self.pong_received = True
+                elif isinstance(event, CloseConnection):
+                    out += self.ws.send(event.response())
+                    self.close_reason, self.close_message = event.code, event.reason
+                    keep_going = False
+                    break
+                elif isinstance(event, (TextMessage, BytesMessage)):
+                    reason = "this websocket sends the log and takes no messages"
+                    out += self.ws.send(CloseConnection(CloseReason.POLICY_VIOLATION, reason))
+                    self.close_reason, self.close_message = CloseReason.POLICY_VIOLATION, reason
+                    keep_going = False
+                    break
+        except LocalProtocolError:
+            keep_going = False
+        if not keep_going:
+            self.connected = False
+            self.event.set()
+        if out:
+            self.sock.send(out)
+        return keep_going
 
 
 class _SerialSocket:

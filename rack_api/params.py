@@ -17,7 +17,7 @@ def rack() -> Rack:
 
 def param(name: str, default: str | None = None, *, header: bool = False) -> str | None:
     """A parameter from the form body or query string (and, if asked, a header)."""
-    value = request.form.get(name)
+    value = _form().get(name)
     if value is None:
         value = request.args.get(name)
     if value is None and header:
@@ -25,6 +25,17 @@ def param(name: str, default: str | None = None, *, header: bool = False) -> str
     if value is not None and "\x00" in value:  # Postgres text cannot hold it: a 400, not a 500 later
         raise Invalid(f"parameter {name!r} must not contain a NUL byte")
     return default if value is None else value
+
+
+def _form():
+    """The request's form, read up to the rack's limit (413 past it, sized or chunked)."""
+    limit = rack().settings.form_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(
+            f"the request's form of {request.content_length} bytes is larger than the limit of {limit}"
+        )
+    request.max_content_length = limit  # a chunked form is cut off at the limit as it is read
+    return request.form
 
 
 def flag(name: str) -> bool:
@@ -78,6 +89,10 @@ class RequestBody:
             chunk = self.stream.read(size)
         except ClientDisconnected:
             chunk = b""
+        except (OSError, ValueError) as exc:  # a chunked body cut short or malformed, a reset connection
+            raise Invalid(
+                f"the {self.what} was cut short or malformed after {self.seen} bytes: {exc}"
+            ) from None
         self.seen += len(chunk)
         if not chunk and self.length is not None and self.seen < self.length:
             raise Invalid(f"the {self.what} is truncated: got {self.seen} of {self.length} bytes")

@@ -117,3 +117,14 @@ def sim(rack):
 
     apps.create(rack, name="logs")
     return lambda: SimBuild(rack, "logs")
+
+
+@pytest.fixture
+def gunicorn_server(stack, settings, tmp_path):
+    """The API under gunicorn, as production runs it, on the test stack; `.password`, `.url`, `.pid`."""
+    from tests.helpers import rack_env, start_api
+
+    api = start_api(rack_env(stack.env, storage=settings.storage), log_dir=tmp_path)
+    api.password = settings.password  # type: ignore[attr-defined]
+    yield api
+    api.stop()

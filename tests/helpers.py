@@ -485,3 +485,46 @@ class LiveServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.thread.join(5)
+
+
+def group_rss(pid: int) -> int:
+    """The resident memory of a process and all its descendants, in bytes (0 once it is gone)."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class PeakRss:
+    """Sample a process tree's resident memory in a thread while in the `with` block; `.peak` in bytes."""
+
+    def __init__(self, pid: int, *, every: float = 0.05) -> None:
+        import threading
+
+        self.pid, self.every = pid, every
+        self.start = self.peak = group_rss(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.peak = max(self.peak, group_rss(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, group_rss(self.pid))

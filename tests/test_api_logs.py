@@ -11,7 +11,7 @@ import websocket
 
 from rack import apps
 from rack.sql import builds as sql
-from tests.helpers import SimBuild, basic, rack_env, start_api, wait_for
+from tests.helpers import SimBuild, basic, wait_for
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -201,15 +201,6 @@ def test_a_follower_that_leaves_a_quiet_log_frees_its_server_thread(live_server,
         assert serving() == 2
         conn.close()
     wait_for(lambda: serving() == 0, timeout=3)  # no more lines come: only noticing the client ends them
-
-
-@pytest.fixture
-def gunicorn_server(stack, settings, tmp_path):
-    """The API under gunicorn's gthread worker, as production runs it, on the test stack."""
-    api = start_api(rack_env(stack.env, storage=settings.storage), log_dir=tmp_path)
-    api.password = settings.password
-    yield api
-    api.stop()
 
 
 def test_websocket_and_chunked_under_gunicorn_gthread(gunicorn_server, sim):

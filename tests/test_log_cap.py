@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 
-import psutil
 import pytest
 
 from rack import apps, objects
 from rack.builds import record as builds
 from rack.logs.stream import BuildLog
 from rack.pipeline.steps import Output
-from tests.helpers import Workers, tarball, wait_for, workers_enqueue
+from tests.helpers import PeakRss, Workers, tarball, wait_for, workers_enqueue
 
 MiB = 1024 * 1024
 CUT = re.compile(rb"--- log cut: (\d+) bytes past the limit of (\d+) bytes left out ---\n\Z")
@@ -49,22 +47,6 @@ def test_the_cut_notice_starts_on_a_line_of_its_own(redis_client):
     )
 
 
-def group_rss(pid: int) -> int:
-    """The resident memory of a process and all its descendants, in bytes."""
-    try:
-        top = psutil.Process(pid)
-        procs = [top, *top.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 @pytest.mark.docker
 def test_a_build_printing_100_mib_completes_with_a_capped_log_and_a_small_worker(
     docker_stack, settings, rack, monkeypatch, tmp_path
@@ -76,22 +58,13 @@ def test_a_build_printing_100_mib_completes_with_a_capped_log_and_a_small_worker
     url = objects.put(rack, "loud", "tmp/src.tgz", io.BytesIO(body))
     with Workers(env, tmp_path) as workers:
         (worker,) = workers.start("loud")
-        peak, done = [group_rss(worker.pid)], threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.05):
-                peak[0] = max(peak[0], group_rss(worker.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        row = builds.create(rack, "loud", url=url)
-        row = wait_for(
-            lambda: (r := builds.get(rack, "loud", row["id"]))["status"] in ("complete", "failed") and r,
-            timeout=240,
-            what="the loud build to end",
-        )
-        done.set()
-        sampler.join()
+        with PeakRss(worker.pid) as rss:
+            row = builds.create(rack, "loud", url=url)
+            row = wait_for(
+                lambda: (r := builds.get(rack, "loud", row["id"]))["status"] in ("complete", "failed") and r,
+                timeout=240,
+                what="the loud build to end",
+            )
     assert row["status"] == "complete", row["reason"]
     _, key = objects.parse_url(row["logs"])
     size = rack.store.size(f"loud/{key}")
@@ -105,5 +78,5 @@ def test_a_build_printing_100_mib_completes_with_a_capped_log_and_a_small_worker
     assert int(match.group(1)) > 30 * MiB  # most of the 36 MiB over the cap, less the engine's own lines
     live = sum(len(chunk) for chunk in BuildLog(rack.redis, row["id"]).chunks())
     assert live == size
-    print(f"worker peak RSS {peak[0] / MiB:.0f} MiB for a 100 MiB build output, log {size / MiB:.1f} MiB")
-    assert peak[0] < 200 * MiB
+    print(f"worker peak RSS {rss.peak / MiB:.0f} MiB for a 100 MiB build output, log {size / MiB:.1f} MiB")
+    assert rss.peak < 200 * MiB

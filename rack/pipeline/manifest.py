@@ -80,9 +80,16 @@ def load(
     """Interpolate `${VAR}` from env, parse and validate a manifest, and apply Convox's defaults."""
     if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise _error(f"{filename} is larger than {max_bytes} bytes")
+    # measure what filling in the ${VAR}s would make before making it: a few KB of `${BIG}` can stand
+    # for gigabytes
+    size = len(text.encode("utf-8", "surrogatepass"))
+    for match in _VAR.finditer(text):
+        size += len(env.get(match.group(1), "").encode("utf-8", "surrogatepass")) - len(
+            match.group(0).encode()
+        )
+        if size > max_bytes:
+            raise _error(f"{filename} is larger than {max_bytes} bytes once ${{VAR}}s are filled in")
     text = _VAR.sub(lambda match: env.get(match.group(1), ""), text)
-    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise _error(f"{filename} is larger than {max_bytes} bytes once ${{VAR}}s are filled in")
     data = _parse(text, filename)
     if data is None:
         raise _error(f"{filename} has no services")

@@ -26,6 +26,7 @@ from rack.scrub import scrub
 CODE = Reason.SOURCE
 TRUNCATED = "the source archive is truncated or not a .tgz"
 _CHUNK = 64 * 1024
+RATIO_FLOOR = 64 * 1024 * 1024  # a small archive may always expand this far, however well it compressed
 _MAX_HEADER = 1024 * 1024  # pax and GNU long-name headers are read into memory whole, so cap them
 _MAX_NAME = 3072  # leaves room for the root under PATH_MAX, so realpath() sees the real tree
 _HEADER_TYPES = (b"x", b"g", b"X", b"L", b"K")  # pax (x, g, Solaris X) and GNU long name (L) and link (K)
@@ -113,6 +114,8 @@ def extract_tarball(
     max_bytes: int,
     max_entries: int,
     max_depth: int = 256,
+    max_ratio: int | None = None,
+    packed_size: int | None = None,
     stop: Stop | None = None,
 ) -> None:
     """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
@@ -123,9 +126,17 @@ def extract_tarball(
     try:
         if os.listdir(root_fd):
             raise ValueError(f"{dest} must be an empty directory")
-        _Extraction(root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth).run(
-            fileobj, stop
+        extraction = _Extraction(
+            root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth
         )
+        if max_ratio and packed_size is not None and max(max_ratio * packed_size, RATIO_FLOOR) < max_bytes:
+            # a compression bomb is refused once it passes a multiple of its own size, before the disk fills
+            extraction.max_bytes = max(max_ratio * packed_size, RATIO_FLOOR)
+            extraction.too_big = (
+                f"the source archive of {packed_size} bytes expands to more than {max_ratio} times its size"
+                f" ({extraction.max_bytes} bytes)"
+            )
+        extraction.run(fileobj, stop)
     finally:
         os.close(root_fd)
 

@@ -272,6 +272,7 @@ class BuildRun:
             app, key = objects.parse_url(url)
             try:
                 with self.phases.timing("fetch"):
+                    packed = self.rack.store.size(f"{app}/{key}")
                     body = self.rack.store.open(f"{app}/{key}")
             except FileNotFoundError:
                 raise BuildUserError(Reason.SOURCE, f"the source object is gone: {url}") from None
@@ -286,6 +287,8 @@ class BuildRun:
                     max_bytes=settings.extract_max_bytes,
                     max_entries=settings.extract_max_entries,
                     max_depth=settings.extract_max_depth,
+                    max_ratio=settings.extract_max_ratio,
+                    packed_size=packed,
                     stop=self.stopping,
                 )
         else:
