@@ -12,10 +12,11 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from rack import apps
 from rack.context import Rack
@@ -98,6 +99,21 @@ def emit(rack: Rack, action: str, *, app: str, data: dict, error: str = "") -> N
             rack.send_event(hook["id"], body)
     except Exception:
         log.exception("event %s of app %s could not be queued", action, app)
+
+
+def send(rack: Rack, action: str, *, data: str, error: str = "") -> None:
+    """An event a client sends (Convox's `POST /events`): `data` is a form-encoded map naming its `app`."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,40}(:[a-z][a-z0-9-]{0,40}){1,3}", action or ""):
+        raise Invalid(f"action {action[:100]!r} is not an event name like build:create")
+    try:
+        fields = dict(parse_qsl(data, keep_blank_values=True, strict_parsing=bool(data), max_num_fields=50))
+    except ValueError:
+        raise Invalid("data is not a form-encoded map (key=value&...)") from None
+    if len(data) > 64 * 1024 or len(error) > 64 * 1024:
+        raise Invalid("data and error must be at most 64 KiB each")
+    app = fields.pop("app", "")
+    apps.get(rack, app)
+    emit(rack, action, app=app, data=fields, error=error)
 
 
 def signature(secret: str, body: str, *, at: int) -> str:

@@ -6,7 +6,7 @@ import logging
 
 import psycopg2
 import redis
-from flask import Flask, json
+from flask import Flask, json, request
 from werkzeug.exceptions import HTTPException
 
 from rack.errors import RackError
@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def error_response(message: str, status: int):
+    """`{"error": …}` when the request accepts JSON (no Accept, or `*/*`, counts), plain text otherwise."""
+    if request and request.accept_mimetypes.best_match(["application/json", "text/plain"]) == "text/plain":
+        return message + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
     body = json.dumps({"error": message}) + "\n"
     return body, status, {"Content-Type": "application/json"}
 

@@ -27,5 +27,12 @@ def remove(hook_id: str):
     return ok()
 
 
+@bp.post("/events")
+def send():
+    """Convox's `EventSend`: form `action`, `data` (a form-encoded map), `error`; sent to the hooks."""
+    events.send(rack(), param("action") or "", data=param("data") or "", error=param("error") or "")
+    return ok()
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)

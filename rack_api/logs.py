@@ -45,13 +45,19 @@ FRAME = 64 * 1024
 
 def logs(app: str, build_id: str):
     """Stream a build's log: websocket frames on an upgrade, chunked text otherwise."""
-    offset_given = param("offset", header=True)
-    offset = _offset(offset_given)
-    follow = (param("follow", "true", header=True) or "true").lower() != "false"
+    upgrade = request.url_rule is not None and request.url_rule.websocket  # werkzeug saw `Upgrade: websocket`
     client = _Client()
-    stream = reader.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
+    try:
+        offset_given = param("offset", header=True)
+        offset = _offset(offset_given)
+        follow = (param("follow", "true", header=True) or "true").lower() != "false"
+        stream = reader.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
+    except RackError as exc:
+        if upgrade:  # as Convox does: upgrade, then `ERROR: …` and the end frame (not a bad handshake)
+            return _websocket_error(exc.message)
+        raise
     notices = offset_given is None
-    if request.url_rule is not None and request.url_rule.websocket:  # werkzeug saw `Upgrade: websocket`
+    if upgrade:
         return _websocket(stream, client, notices)
     client.sock = _http_socket(request.environ)
     body = stream_with_context(_chunks(stream, notices))
@@ -116,13 +122,29 @@ def _chunks(stream: reader.LogStream, notices: bool):
         stream.close()
 
 
-def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Response:
-    """Upgrade, send the log as text frames, then an empty binary frame (Convox's end of stream)."""
+def _upgrade() -> _SendOnly:
     environ = dict(request.environ)
     for key in ("werkzeug.socket", "gunicorn.socket"):
         if key in environ:
             environ[key] = _SerialSocket(environ[key])
-    ws = _SendOnly(environ)
+    return _SendOnly(environ)
+
+
+def _websocket_error(message: str) -> Response:
+    """Upgrade, send `ERROR: <message>` and the empty binary frame that ends the stream."""
+    ws = _upgrade()
+    try:
+        ws.send(f"ERROR: {message}\n")
+        ws.send(b"")
+        ws.close()
+    except (ConnectionClosed, OSError):
+        pass
+    return _Upgraded(ws.mode)
+
+
+def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Response:
+    """Upgrade, send the log as text frames, then an empty binary frame (Convox's end of stream)."""
+    ws = _upgrade()
     client.ws = ws
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # keeps a character split across chunks whole
     try:

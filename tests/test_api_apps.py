@@ -106,3 +106,18 @@ def test_parameters_that_mean_something_are_applied_and_unknown_ones_are_400(cli
     assert (resp.status_code, resp.get_json()) == (400, {"error": "unknown option: router"})
     assert client.get("/apps/params").get_json()["locked"] is False
     assert client.put("/apps/params", data={"parameters": "BuildTimeout="}).get_json()["parameters"] == {}
+
+
+def test_errors_are_json_when_json_is_accepted_and_text_otherwise(client):
+    for accept in (None, "*/*", "application/json", "text/html,application/json;q=0.9"):
+        resp = client.get("/apps/nope", headers={"Accept": accept} if accept else {})
+        assert resp.status_code == 404, accept
+        assert (resp.content_type, resp.get_json()) == ("application/json", {"error": "app not found: nope"})
+    for accept in ("text/plain", "text/plain, application/json;q=0.5"):
+        resp = client.get("/apps/nope", headers={"Accept": accept})
+        assert resp.status_code == 404
+        assert resp.content_type == "text/plain; charset=utf-8"
+        assert resp.data == b"app not found: nope\n"
+    resp = client.get("/apps", headers={"Accept": "text/plain", "Authorization": "Basic eDp4"})
+    assert (resp.status_code, resp.data) == (401, b"invalid authentication\n")
+    assert resp.headers["WWW-Authenticate"] == 'Basic realm="convox"'

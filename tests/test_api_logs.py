@@ -179,9 +179,18 @@ def test_unknown_builds_and_bad_offsets_are_refused_before_streaming(live_server
     assert client.get("/apps/logs/builds/BNOTTHEREXX/logs").status_code == 404
     assert client.get(f"/apps/nope/builds/{build.id}/logs").status_code == 404
     assert client.get(f"/apps/logs/builds/{build.id}/logs?offset=-3").status_code == 400
-    with pytest.raises(websocket.WebSocketBadStatusException) as err:
-        ws_connect(live_server, "/apps/logs/builds/BNOTTHEREXX/logs")
-    assert err.value.status_code == 404
+    # A websocket is upgraded, then told the error and ended, as Convox's client expects.
+    for path, headers, error in (
+        ("/apps/logs/builds/BNOTTHEREXX/logs", (), "build not found: BNOTTHEREXX"),
+        (f"/apps/nope/builds/{build.id}/logs", (), "app not found: nope"),
+        (f"/apps/logs/builds/{build.id}/logs", ("Offset: -3",), "offset must be a byte count of 0 or more"),
+    ):
+        conn = ws_connect(live_server, path, *headers)
+        frames = [conn.recv_data(), conn.recv_data()]
+        conn.close()
+        assert frames[0][0] == websocket.ABNF.OPCODE_TEXT
+        assert frames[0][1].decode().startswith(f"ERROR: {error}") and frames[0][1].endswith(b"\n")
+        assert frames[1] == (websocket.ABNF.OPCODE_BINARY, b"")
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         ws_connect(live_server, f"/apps/logs/builds/{build.id}/logs", auth=False)
     assert err.value.status_code == 401

@@ -169,3 +169,24 @@ def test_emit_never_raises_and_a_gone_hook_is_not_retried(rack):
     events.emit(rack, "build:create", app="myapp", data={"id": "BABCDEFGHIJ"})  # logged, not raised
     events.remove(rack, hook["id"], app="myapp")
     assert events.deliver(rack, hook["id"], "{}") is False
+
+
+def test_convox_event_send_reaches_the_hooks(client, rack, monkeypatch):
+    sent = []
+    monkeypatch.setattr(rack, "send_event", lambda hook_id, body: sent.append((hook_id, json.loads(body))))
+    client.post("/apps", data={"name": "myapp"})
+    hook = client.post("/events/webhooks", data={"url": "https://example.com/e"}).get_json()
+    form = {"action": "build:create", "data": "app=myapp&id=BABCDEFGHIJ", "error": "no space left"}
+    assert client.post("/events", data=form).data == b"ok\n"
+    assert [h for h, _ in sent] == [hook["id"]]
+    body = sent[0][1]
+    assert (body["action"], body["status"]) == ("build:create", "error")
+    assert body["data"] == {"id": "BABCDEFGHIJ", "app": "myapp", "rack": "local", "message": "no space left"}
+    for bad, error in (
+        ({"action": "nope", "data": "app=myapp"}, "is not an event name"),
+        ({"action": "build:create", "data": "app=ghost"}, "app not found: ghost"),
+        ({"action": "build:create", "data": "%%%"}, "not a form-encoded map"),
+    ):
+        resp = client.post("/events", data=bad)
+        assert resp.status_code in (400, 404) and error in resp.get_json()["error"], bad
+    assert len(sent) == 1
