@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,22 @@ pytestmark = pytest.mark.docker
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CONVOX = Path(sys.executable).parent / "convox"
-SLOW = {
-    "convox.yml": "services:\n  web:\n    build: .\n",
-    "Dockerfile": "FROM busybox\nRUN for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.4; done\n",
-}
+# the elements that stick out past the right edge of the screen, for the failure message
+WIDER_THAN_THE_SCREEN = (
+    "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth)"
+    ".map(e => e.tagName + '.' + e.className + ' ' + e.textContent.slice(0, 40)).slice(0, 5)"
+)
+
+
+def slow_app() -> dict[str, str]:
+    """An app whose one step prints a line every 0.4 s, different each time so no cache skips it."""
+    return {
+        "convox.yml": "services:\n  web:\n    build: .\n",
+        "Dockerfile": f"FROM busybox\nRUN echo {uuid.uuid4().hex}; "
+        "for i in $(seq 1 10); do echo tick $i; sleep 0.4; done\n",
+    }
+
+
 HOSTILE = {
     "convox.yml": "services:\n  web:\n    build: .\n",
     "Dockerfile": "FROM busybox\n"
@@ -153,7 +166,7 @@ def test_sign_in_with_the_rack_password(chromium, server, crack):
 
 def test_a_build_started_from_the_cli_appears_and_its_log_grows_while_it_runs(page, crack, server, tmp_path):
     apps.create(crack, name="live")
-    folder = write_app(tmp_path / "live", SLOW)
+    folder = write_app(tmp_path / "live", slow_app())
     env = {**os.environ, "RACK_URL": server.rack_url, "CONVOX_CONFIG": str(tmp_path / "config")}
     cli = subprocess.Popen(
         [str(CONVOX), "build", str(folder), "-a", "live", "--description", "from the cli"],
@@ -264,3 +277,50 @@ def test_promote_asks_needs_its_csrf_token_and_changes_the_release(page, crack):
     page.goto("/console/apps/live")
     assert page.query_selector_all("svg.chart-svg rect.phase-build")  # the chart has the build's bar
     screenshot(page, "console-app")
+
+
+def test_cancel_from_the_build_page_stops_the_running_build(page, crack):
+    url = objects.put(crack, "live", "tmp/slow.tgz", io.BytesIO(tarball(slow_app())))
+    row = builds.create(crack, "live", url=url, description="to cancel")
+    page.goto(f"/console/apps/live/builds/{row['id']}")
+    wait_for(lambda: "tick 1\n" in page.text_content("#log"), timeout=60, what="the build to run")
+    page.click("#meta a:has-text('Cancel')")
+    assert page.text_content("h1") == f"Cancel build {row['id']} of live?"
+    page.click("form.confirm button")
+    page.wait_for_url(f"**/console/apps/live/builds/{row['id']}")
+    page.wait_for_selector("#log[data-complete=true]", timeout=60000)
+    wait_for(lambda: page.text_content("#status") == "failed", timeout=30, what="the status to show")
+    assert page.text_content("#reason").startswith("cancelled")
+    assert "tick 10" not in page.text_content("#log")
+    # the worker still times the phase the cancel stopped, though the cancel ended the build
+    wait_for(lambda: "build" in builds.phases(builds.get(crack, "live", row["id"])), what="the build phase")
+
+
+def test_every_page_fits_a_phone_and_works_by_keyboard(chromium, server, context, crack):
+    phone = chromium.new_context(base_url=server.url, viewport={"width": 375, "height": 740})
+    phone.add_cookies(context.cookies())
+    page = phone.new_page()
+    failed = builds.list_for_app(crack, "hostile", limit=1)[0]["id"]
+    for path in (
+        "/console",
+        "/console/apps/live",
+        "/console/apps/live/releases",
+        f"/console/apps/hostile/builds/{failed}",
+    ):
+        page.goto(path)
+        wide = page.evaluate(WIDER_THAN_THE_SCREEN)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375, (path, wide)
+    page.goto("/console")
+    for _ in range(20):  # Tab from the top of the page to the app's link, then follow it with Enter
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "live":
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/console/apps/live")
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.textContent.trim()"))
+    assert "Releases" in focused and "Sign out" in focused
+    screenshot(page, "console-app-phone")
+    phone.close()

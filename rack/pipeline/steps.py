@@ -149,9 +149,10 @@ class Output:
 class Phases:
     """How long each phase of a build took, saved on the build row as each phase ends."""
 
-    def __init__(self, rack: Rack, build_id: str) -> None:
+    def __init__(self, rack: Rack, build_id: str, *, process: str) -> None:
         self.rack = rack
         self.build_id = build_id
+        self.process = process
         self._seconds: dict[str, float] = {}
 
     @contextmanager
@@ -173,10 +174,11 @@ class Phases:
         return {name: round(self._seconds[name], 3) for name in PHASES if name in self._seconds}
 
     def save(self) -> None:
-        """Write the phases on the running build; the outcome writes them again, so a miss costs nothing."""
+        """Write the phases on the build while it is this worker's, even once a cancel ended it elsewhere
+        (the phase it stopped in is timed too); the outcome writes them again, so a miss costs nothing."""
         try:
             with self.rack.db.transaction() as conn:
-                sql.update(conn, id=self.build_id, fields={"phases": self.as_dict()}, only_from=("running",))
+                sql.set_phases(conn, id=self.build_id, process=self.process, phases=self.as_dict())
         except RackError as exc:
             log.warning("build %s: phase timings not saved yet: %s", self.build_id, exc)
 
@@ -214,7 +216,7 @@ class BuildRun:
     phases: Phases = field(init=False)
 
     def __post_init__(self) -> None:
-        self.phases = Phases(self.rack, self.row["id"])
+        self.phases = Phases(self.rack, self.row["id"], process=self.watch.process)
 
     @property
     def options(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg2.extras import Json
 
-from rack.db import fetchall, fetchone, returning
+from rack.db import execute, fetchall, fetchone, returning
 
 COLUMNS = {
     "description",
@@ -96,6 +96,13 @@ def update(conn, *, id: str, fields: dict, only_from: tuple[str, ...] | None = N
         where += " AND status = ANY(%(_from)s)"
         params["_from"] = list(only_from)
     return fetchone(conn, f"UPDATE builds SET {sets} WHERE {where} RETURNING *", params)
+
+
+def set_phases(conn, *, id: str, process: str, phases: dict) -> int:
+    """Record a build's phase timings, unless another process has taken the build since."""
+    return execute(
+        conn, "UPDATE builds SET phases = %s WHERE id = %s AND process = %s", (Json(phases), id, process)
+    )
 
 
 def mark_running(conn, *, id: str, process: str) -> dict | None:
