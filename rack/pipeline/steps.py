@@ -422,7 +422,6 @@ class BuildRun:
                     f"Warning: {name} is passed as a build arg and stays in the image's history: "
                     f"read it with RUN --mount=type=secret,id={name} (at /run/secrets/{name}) instead"
                 )
-        previous = (self.previous.get(service.name) or {}).get("image")
         drain(
             self.engine.build(
                 context=context,
@@ -433,11 +432,23 @@ class BuildRun:
                 nocache=bool(self.options.get("no_cache")),
                 check=self.check,
                 secrets=self.secrets,
-                cache_from=[previous] if previous and not self.options.get("no_cache") else [],
+                cache_from=self.cache_sources(service.name),
                 app=self.row["app"],
             ),
             write,
         )
+
+    def cache_sources(self, service: str) -> list[str]:
+        """Return the images a build of `service` may take layers from: the app's, not the worker's.
+
+        The app's latest complete build's image of the service, in the rack's registry, so a build on a
+        cold worker reuses what an earlier build made anywhere; none with `--no-cache`. Every builder gets
+        this list (the classic one pulls them, BuildKit reads their inline cache).
+        """
+        if self.options.get("no_cache"):
+            return []
+        image = (self.previous.get(service) or {}).get("image")
+        return [image] if image else []
 
     def retag(self, image: str, tag: str, *, pull: bool = False) -> None:
         """Tag an image (pulled first if the engine lacks it) as a service's image."""

@@ -7,14 +7,14 @@ import math
 import re
 import shlex
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import docker
 import docker.errors
 
 from rack.config import Settings
-from rack.errors import BuildPlatformError, BuildUserError
+from rack.errors import BuildError, BuildPlatformError, BuildUserError
 from rack.pipeline.engine.stream import (
     TRANSPORT,
     Lines,
@@ -99,12 +99,14 @@ class Engine:
     ) -> Lines:
         """Build an image, yielding its output as it comes; return the image id.
 
-        The classic builder has no secret mounts and no registry cache: `secrets`, `cache_from` and `app`
-        (the scope of cache mounts) are for BuildKit and ignored here.
+        `cache_from` images are pulled from the registry if the engine lacks them, so their layers serve as
+        the build's cache on a worker that never built the app; one that cannot be pulled is skipped. The
+        classic builder has no secret mounts: `secrets` and `app` (the scope of cache mounts) are BuildKit's.
         """
         self.login()
         image_id = ""
         step = ""
+        sources = yield from self._cache_sources(cache_from, check=check)
         with engine_errors("building"):
             try:
                 stream = self._start_build(
@@ -114,6 +116,7 @@ class Engine:
                     buildargs=buildargs,
                     target=target,
                     nocache=nocache,
+                    cache_from=sources,
                 )
             except RecursionError:  # the SDK walks the context recursively to apply .dockerignore
                 raise BuildUserError(
@@ -139,6 +142,21 @@ class Engine:
                 self._remove_container()
         check()
         return image_id or self.image_id(tag)
+
+    def _cache_sources(self, images: Sequence[str], *, check: Check) -> Generator[str, None, list[str]]:
+        """Have each cache image in the engine (pulled if missing); return those it has."""
+        found = []
+        for image in images:
+            if not self.has_image(image):
+                try:
+                    for _ in self.pull(image, check=check):
+                        pass
+                except BuildError as exc:  # gone from the registry, or the registry is away: build without
+                    yield f"Cache: {image} is not available ({exc.message}); building without it\n"
+                    continue
+                yield f"Cache: pulled {image}\n"
+            found.append(image)
+        return found
 
     def _start_build(self, **kw):
         return self.api.build(
