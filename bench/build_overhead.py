@@ -1,22 +1,28 @@
-"""Measure the rack's overhead on a build: `run_build` of the example app against a bare SDK build + push.
+"""Measure the rack's overhead on a build: `run_build` of the example app against a bare build + push.
 
-Run: .venv/bin/python bench/build_overhead.py [--rounds 5] [--cold-rounds 3] [--keep]
+Run: .venv/bin/python bench/build_overhead.py [--rounds 5] [--cold-rounds 3] [--side-rounds 2] [--keep]
 
-Starts a private stack (Postgres, Redis, dockerd, registry) in a temp folder. Each round times, alternately:
-- rack: upload the packaged example app as an object, create the build, `pipeline.run_build` it (extract,
-  manifest, build args, build, tag, push, log to Redis, store the log, release);
-- bare: the docker SDK builds the same services from the example folder with the same build args, tags the
-  `image:` service and pushes the same three tags (`<registry>/<app>:<service>.<id>`).
+Starts a private stack (Postgres, Redis, dockerd, registry, API, worker) in a temp folder. Each round times,
+alternately:
+- rack (buildkit, the default builder): upload the packaged example app as an object, create the build,
+  `pipeline.run_build` it (extract, manifest, build args, secret files, BuildKit build with inline cache,
+  tag, push, log to Redis, store the log, release); its two built services build side by side;
+- bare buildkit: `DOCKER_BUILDKIT=1 /usr/bin/docker build --progress=plain` of the same services, one after
+  the other, with the same build args, then the same tag and pushes (`<registry>/<app>:<service>.<id>`);
+- rack (classic) and bare classic: the same with RACK_BUILDER=classic against the docker SDK's classic build;
 - convox build: the `convox` command as a user runs it (a new process: package, upload, create, follow
-  the log) against the API under gunicorn and a Celery worker.
-Warm rounds leave the layer cache on (both hit it); cold rounds pass no-cache to both. Medians are printed
-with the ratio rack/bare and the absolute overhead.
+  the log) against the API under gunicorn and a Celery worker (BuildKit), against bare buildkit.
+Warm rounds leave the layer cache on (both hit it); cold rounds pass no-cache to both. Then a three-service
+app whose services each `RUN sleep 2` is built by the rack side by side (RACK_BUILD_PARALLEL=3) and one
+after another (=1). Medians are printed with the ratios and the absolute overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import random
 import shutil
 import statistics
 import subprocess
@@ -46,7 +52,9 @@ ARGS = {"GREETING": "hi", "COLOR": "blue"}
 # What the example's convox.yml says, spelled out for the bare run: (service, Dockerfile) or (service, image).
 BUILT = [("web", "Dockerfile"), ("worker", "Dockerfile.worker")]
 IMAGES = [("tools", "busybox")]
-DEADLINE_S = 170
+DEADLINE_S = 240
+DOCKER = "/usr/bin/docker"
+SIDES = ("one", "two", "three")
 
 
 def package(folder: Path) -> bytes:
@@ -57,11 +65,14 @@ def package(folder: Path) -> bytes:
         return fh.read()
 
 
-def rack_round(rack: Rack, source: bytes, *, nocache: bool) -> float:
+def rack_round(
+    rack: Rack, source: bytes, *, nocache: bool, app: str = APP, build_args: list[str] | None = None
+) -> float:
     """Time one build through the rack, from upload to complete."""
     began = time.perf_counter()
-    url = objects.put(rack, APP, "tmp/bench.tgz", io.BytesIO(source))
-    row = builds.create(rack, APP, url=url, build_args=["GREETING=hi"], no_cache=nocache)
+    url = objects.put(rack, app, "tmp/bench.tgz", io.BytesIO(source))
+    args = ["GREETING=hi"] if build_args is None else build_args
+    row = builds.create(rack, app, url=url, build_args=args, no_cache=nocache)
     done = pipeline.run_build(rack, row["id"], process="bench:1")
     elapsed = time.perf_counter() - began
     if done is None or done["status"] != "complete":
@@ -125,13 +136,68 @@ def bare_round(api, registry: str, n: int, *, nocache: bool) -> float:
     return time.perf_counter() - began
 
 
-def report(name: str, rack_times: list[float], bare_times: list[float], *, label: str = "rack") -> None:
-    rack_s, bare_s = statistics.median(rack_times), statistics.median(bare_times)
+def bare_buildkit_round(api, docker_host: str, registry: str, n: int, *, nocache: bool) -> float:
+    """Time the same builds with the docker client's BuildKit, one after another, then tag and push."""
+    began = time.perf_counter()
+    tags = []
+    for service, dockerfile in BUILT:
+        tag = f"{registry}/{APP}:{service}.K{n:09d}"
+        argv = [DOCKER, "-H", docker_host, "build", "--progress=plain", "--network", "host"]
+        argv += ["--file", str(EXAMPLE / dockerfile), "--tag", tag]
+        for name, value in (ARGS if dockerfile == "Dockerfile" else {}).items():
+            argv += ["--build-arg", f"{name}={value}"]
+        argv += (["--no-cache"] if nocache else []) + [str(EXAMPLE)]
+        proc = subprocess.run(
+            argv, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"}, capture_output=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"bare BuildKit build failed: {proc.stdout[-2000:].decode()}")
+        tags.append(tag)
+    for service, image in IMAGES:
+        tag = f"{registry}/{APP}:{service}.K{n:09d}"
+        api.tag(image, *split_image(tag))
+        tags.append(tag)
+    for tag in tags:
+        for event in api.push(*split_image(tag), stream=True, decode=True):
+            if "error" in event:
+                raise SystemExit(f"bare push failed: {event['error']}")
+    return time.perf_counter() - began
+
+
+def sides_round(rack: Rack, folder: Path, *, parallel: int) -> float:
+    """Time the rack building the three-service app with `parallel` builds at a time (fresh steps each)."""
+    (folder / "stamp").write_text(f"{random.random()}\n")
+    sided = Rack(dataclasses.replace(rack.settings, build_parallel=parallel), enqueue_build=lambda b: None)
+    try:
+        return rack_round(sided, package(folder), nocache=False, app=f"{APP}-sides", build_args=[])
+    finally:
+        sided.close()
+
+
+def sides_app(home: Path) -> Path:
+    folder = home / "sides"
+    services = "".join(
+        f"  {name}:\n    build:\n      path: .\n      manifest: {name}.Dockerfile\n" for name in SIDES
+    )
+    (folder).mkdir()
+    (folder / "convox.yml").write_text(f"services:\n{services}")
+    (folder / ".dockerignore").write_text("")
+    for name in SIDES:
+        (folder / f"{name}.Dockerfile").write_text(
+            f"FROM busybox\nCOPY stamp /stamp\nRUN echo {name} && sleep 2\n"
+        )
+    return folder
+
+
+def report(
+    name: str, times: list[float], base_times: list[float], *, label: str = "rack", base: str = "bare"
+) -> None:
+    median, base_median = statistics.median(times), statistics.median(base_times)
     print(
-        f"{name:9} rounds={len(rack_times)}  {label} median {rack_s * 1000:7.0f} ms"
-        f"  bare median {bare_s * 1000:7.0f} ms"
-        f"  ratio {rack_s / bare_s:.2f}  overhead {(rack_s - bare_s) * 1000:+.0f} ms"
-        f"  ({label} min {min(rack_times) * 1000:.0f}, bare min {min(bare_times) * 1000:.0f})"
+        f"{name:9} rounds={len(times)}  {label} median {median * 1000:7.0f} ms"
+        f"  {base} median {base_median * 1000:7.0f} ms"
+        f"  ratio {median / base_median:.2f}  overhead {(median - base_median) * 1000:+.0f} ms"
+        f"  ({label} min {min(times) * 1000:.0f}, {base} min {min(base_times) * 1000:.0f})"
     )
 
 
@@ -139,6 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="warm rounds (layer cache on)")
     parser.add_argument("--cold-rounds", type=int, default=3, help="rounds with no-cache")
+    parser.add_argument("--side-rounds", type=int, default=2, help="rounds of the three-service app")
     parser.add_argument("--keep", action="store_true", help="leave the stack's folder behind")
     opts = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="rack-bench-build-", dir="/tmp"))
@@ -152,40 +219,52 @@ def main() -> None:
         migrate(db)
         db.close()
         rack = Rack(load_settings(stack.env), enqueue_build=lambda build_id: None)
+        classic = Rack(dataclasses.replace(rack.settings, builder="classic"), enqueue_build=lambda b: None)
         apps.create(rack, name=APP)
+        apps.create(rack, name=f"{APP}-sides")
         releases.set_env(rack, APP, set_vars={"COLOR": "blue"})
         source = package(EXAMPLE)
         client = stack.docker()
         api = client.api
-        registry = rack.settings.registry
-        rack_round(rack, source, nocache=False)  # fill the layer cache and the registry once for all
-        cli_round(stack, nocache=False)
-        bare_round(api, registry, 0, nocache=False)
-        results: dict[str, tuple[list[float], list[float]]] = {"warm": ([], []), "cold": ([], [])}
-        cli_results: dict[str, list[float]] = {"warm": [], "cold": []}
+        registry, host = rack.settings.registry, rack.settings.docker_host
+        rounds = {
+            "buildkit": lambda n, nocache: rack_round(rack, source, nocache=nocache),
+            "bare buildkit": lambda n, nocache: bare_buildkit_round(api, host, registry, n, nocache=nocache),
+            "classic": lambda n, nocache: rack_round(classic, source, nocache=nocache),
+            "bare classic": lambda n, nocache: bare_round(api, registry, n, nocache=nocache),
+            "convox build": lambda n, nocache: cli_round(stack, nocache=nocache),
+        }
+        for run in rounds.values():  # fill the layer cache and the registry once for all
+            run(0, False)
+        times: dict[tuple[str, str], list[float]] = {}
         plan = [("warm", False)] * opts.rounds + [("cold", True)] * opts.cold_rounds
         for n, (name, nocache) in enumerate(plan, start=1):
             if time.monotonic() > deadline:
                 print(f"stopping early at the {DEADLINE_S}s budget")
                 break
-            rack_times, bare_times = results[name]
-            # Alternate which goes first, so neither always meets the engine right after the other.
-            if n % 2:
-                rack_times.append(rack_round(rack, source, nocache=nocache))
-                bare_times.append(bare_round(api, registry, n, nocache=nocache))
-                cli_results[name].append(cli_round(stack, nocache=nocache))
-            else:
-                cli_results[name].append(cli_round(stack, nocache=nocache))
-                bare_times.append(bare_round(api, registry, n, nocache=nocache))
-                rack_times.append(rack_round(rack, source, nocache=nocache))
+            # Alternate the order, so none always meets the engine right after the same other.
+            order = list(rounds.items()) if n % 2 else list(reversed(rounds.items()))
+            for kind, run in order:
+                times.setdefault((name, kind), []).append(run(n, nocache))
         print(
             f"example app: {len(BUILT)} built services + {len(IMAGES)} image service, {len(source)} B source"
         )
-        for name, (rack_times, bare_times) in results.items():
-            if rack_times and bare_times:
-                report(name, rack_times, bare_times)
-                report(f"{name} cli", cli_results[name], bare_times, label="convox build")
+        for name in ("warm", "cold"):
+            if (name, "buildkit") in times:
+                report(f"{name} bk", times[name, "buildkit"], times[name, "bare buildkit"])
+                report(f"{name} cl", times[name, "classic"], times[name, "bare classic"])
+                report(
+                    f"{name} cli", times[name, "convox build"], times[name, "bare buildkit"], label="convox"
+                )
+        folder = sides_app(home)
+        sides_round(rack, folder, parallel=3)  # the first build of the app pays for its first push
+        side, serial = [], []
+        for n in range(opts.side_rounds):
+            for parallel, into in [(3, side), (1, serial)] if n % 2 == 0 else [(1, serial), (3, side)]:
+                into.append(sides_round(rack, folder, parallel=parallel))
+        report("sides", side, serial, label="side by side", base="one after another")
         client.close()
+        classic.close()
         rack.close()
     finally:
         stack.stop()

@@ -32,6 +32,7 @@ from rack_stack.procs import StartError
 CHECKOUT = Path(__file__).resolve().parents[1]
 DOCKERFILE = CHECKOUT / "deploy" / "images" / "Dockerfile"
 SOURCES = ("rack", "rack_api", "rack_worker", "cli", "migrations", "pyproject.toml")
+DOCKER_CLIENT = "/usr/bin/docker"  # Debian's 20.10 client: it drives the engine's BuildKit without buildx
 TARGETS = ("api", "worker")
 DEFAULT_CACHE = Path("/var/cache/rack-images")
 DEFAULT_BASE = "python:3.11-slim-bookworm"
@@ -172,6 +173,10 @@ def context(wheels: Path) -> bytes:
         for name in SOURCES:
             tar.add(CHECKOUT / name, f"src/{name}", filter=skip)
         tar.add(wheels, "wheels", filter=skip)
+        # The worker's BuildKit builds run Debian's docker client (one binary that needs only libc).
+        if not Path(DOCKER_CLIENT).is_file():
+            raise StartError(f"{DOCKER_CLIENT} is missing: install docker.io (deploy/local/install)")
+        tar.add(DOCKER_CLIENT, "bin/docker")
     return buf.getvalue()
 
 
