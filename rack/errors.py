@@ -45,6 +45,12 @@ class TooLarge(RackError):
     status = 413
 
 
+class TooMany(RackError):
+    """Too many attempts in a while (wrong sign-in passwords); try again later."""
+
+    status = 429
+
+
 class Unprocessable(RackError):
     """The request is well formed but its content cannot be used (e.g. a bad manifest)."""
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rack import apps, releases
+from rack import apps, logins, releases
 from rack.sql import apps as apps_sql
 from rack.sql import builds as builds_sql
 from tests.helpers import SimBuild, make_build
@@ -237,3 +237,26 @@ def test_roll_back_to_an_older_release(signed_in, rack, myapp):
     assert active not in (old["id"], new["id"])
     copy = releases.get(rack, "myapp", active)
     assert copy["build"] == old["build"] and copy["description"] == f"rollback to {old['id']}"
+
+
+def test_wrong_passwords_are_limited_per_address(app, settings):
+    guesser, other = app.test_client(), app.test_client()
+    here, there = {"REMOTE_ADDR": "10.9.0.1"}, {"REMOTE_ADDR": "10.9.0.2"}
+    for i in range(logins.MAX_FAILURES):
+        form = guesser.get("/console/login", environ_overrides=here)
+        data = {"password": f"guess-{i}", "csrf_token": token(form)}
+        assert guesser.post("/console/login", data=data, environ_overrides=here).status_code == 401
+    form = guesser.get("/console/login", environ_overrides=here)
+    data = {"password": settings.password, "csrf_token": token(form)}
+    refused = guesser.post("/console/login", data=data, environ_overrides=here)
+    assert refused.status_code == 429  # even the right password, until the window ends
+    assert "too many wrong passwords from this address: try again in" in refused.get_data(as_text=True)
+    form = other.get("/console/login", environ_overrides=there)
+    data = {"password": settings.password, "csrf_token": token(form)}
+    assert other.post("/console/login", data=data, environ_overrides=there).status_code == 302
+
+
+def test_a_password_longer_than_the_limit_is_wrong_not_an_error(browser):
+    form = browser.get("/console/login")
+    data = {"password": "x" * (logins.MAX_PASSWORD + 10), "csrf_token": token(form)}
+    assert browser.post("/console/login", data=data).status_code == 401

@@ -11,11 +11,11 @@ from urllib.parse import urlparse
 from flask import Flask, abort, request, session
 from flask.sessions import SecureCookieSessionInterface
 
+from rack import logins
 from rack_api.params import rack
 
 COOKIE = "rack_console"
 LIFETIME = timedelta(hours=12)
-MAX_PASSWORD = 1024
 MAX_NEXT = 2048
 
 
@@ -64,10 +64,8 @@ def check_csrf() -> None:
 
 
 def sign_in(password: str) -> bool:
-    """Start a signed-in session when the password is the rack's (compared in constant time)."""
-    if len(password) > MAX_PASSWORD:
-        return False
-    if not hmac.compare_digest(password.encode(), rack().settings.password.encode()):
+    """Start a signed-in session when the password is the rack's (wrong guesses are limited per address)."""
+    if not logins.check_password(rack(), client=request.remote_addr or "", password=password):
         return False
     session.clear()  # a new session: nothing from before sign-in carries over (fixation)
     session.permanent = True

@@ -1,0 +1,38 @@
+"""People signing in with the rack password (the web console), with a limit on wrong guesses per client."""
+
+from __future__ import annotations
+
+import hmac
+
+import redis
+
+from rack.context import Rack
+from rack.errors import TooMany, Unavailable
+
+MAX_FAILURES = 10  # wrong passwords per client per window; then every attempt is refused until it ends
+WINDOW = 600
+MAX_PASSWORD = 1024
+MAX_CLIENT = 100
+
+
+def check_password(rack: Rack, *, client: str, password: str) -> bool:
+    """Tell whether `password` is the rack's (in constant time), counting wrong ones per client in Redis."""
+    key = f"rack:signin-failures:{client[:MAX_CLIENT]}"
+    try:
+        reads = rack.redis.pipeline()
+        reads.get(key)
+        reads.ttl(key)
+        failures, ttl = reads.execute()
+        if int(failures or 0) >= MAX_FAILURES:
+            wait = max(1, int(ttl))
+            raise TooMany(f"too many wrong passwords from this address: try again in {wait} s")
+        given = password.encode()[: MAX_PASSWORD + 1]
+        if len(given) <= MAX_PASSWORD and hmac.compare_digest(given, rack.settings.password.encode()):
+            return True
+        pipe = rack.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, WINDOW, nx=True)
+        pipe.execute()
+        return False
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable("the sign-in store (Redis) is unreachable; try again shortly") from exc
