@@ -1,11 +1,15 @@
-"""Build export and import: `build.json` then one `docker save` tar per image, as a .tgz streamed both ways.
+"""Build export and import, in Convox's format: a .tgz of `build.json` then one `<service>.<BUILD ID>.tar` per
+service, each an OCI archive as `skopeo copy … oci-archive:` writes it. So a build moves between this rack and
+a Convox rack either way. Import also takes this rack's older exports (`docker save` archives).
 
-Unlike Convox, a failed push fails the import (never a `complete` build with missing images), and a garbage
-or truncated archive is refused before anything is loaded, pushed or recorded."""
+Images go straight between the registry and the archive with skopeo: no Docker engine is involved. Unlike
+Convox, a failed push fails the import (never a `complete` build with missing images), every blob of an
+archive is checked against its digest, and a garbage or truncated archive is refused before anything is
+pushed or recorded."""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import io
 import json
 import re
@@ -14,31 +18,23 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
-import docker.errors
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from rack import apps, objects, releases
+from rack import apps, objects, releases, skopeo
 from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import (
-    BadGateway,
-    BuildError,
-    BuildUserError,
     Conflict,
     Invalid,
     TooLarge,
-    Unavailable,
 )
 from rack.ids import new_id
-from rack.pipeline.engine.classic import Engine
-from rack.pipeline.engine.stream import drain, engine_errors
-from rack.reasons import Reason
 from rack.sql import builds as sql
 
 CHUNK = 1024 * 1024
@@ -46,17 +42,6 @@ BLOCK = 512
 JSON_MAX = 4 * 1024 * 1024
 IMAGE_TAR = re.compile(r"([a-z][a-z0-9-]{0,62})\.(B[A-Z]{10})\.tar")
 TEXT_FIELDS = ("description", "entrypoint", "git-sha", "manifest")
-
-
-@contextlib.contextmanager
-def _platform_errors() -> Iterator[None]:
-    """Turn the engine's build errors into API errors: registry → 502, engine → 503."""
-    try:
-        yield
-    except BuildError as exc:  # a user error here is a refused pull: the image is gone from the registry
-        if exc.code == Reason.REGISTRY or isinstance(exc, BuildUserError):
-            raise BadGateway(exc.message) from exc
-        raise Unavailable(exc.message) from exc
 
 
 class TgzWriter:
@@ -81,52 +66,46 @@ class TgzWriter:
 
 
 class Export:
-    """A build's .tgz as an iterable of chunks; closing it (or reaching its end) ends the engine session."""
+    """A build's .tgz as an iterable of chunks, each image copied from the registry as it is reached."""
 
-    def __init__(self, engine: Engine, row: dict) -> None:
-        self.engine, self.row = engine, row
+    def __init__(self, rack: Rack, row: dict) -> None:
+        self.rack, self.row = rack, row
 
     def __iter__(self) -> Iterator[bytes]:
-        try:  # an error here cuts the response short: the client's gzip reader sees the truncation
-            yield from filter(None, self._chunks())
-        finally:
-            self.close()
+        # an error here cuts the response short: the client's gzip reader sees the truncation
+        yield from filter(None, self._chunks())
 
     def _chunks(self) -> Iterator[bytes]:
         tgz, row = TgzWriter(), self.row
         text = (json.dumps(builds.serialize(row), indent=2) + "\n").encode()
         yield from tgz.member("build.json", io.BytesIO(text), len(text), mode=0o600)
         for service, image in sorted(row["images"].items()):
-            with tempfile.TemporaryFile(prefix="rack-export-") as spool:
-                with engine_errors(f"saving {image['image']}"):
-                    for chunk in self.engine.api.get_image(image["image"], chunk_size=CHUNK):
-                        spool.write(chunk)
-                size = spool.tell()
-                spool.seek(0)
-                yield from tgz.member(f"{service}.{row['id']}.tar", spool, size)
+            with tempfile.TemporaryDirectory(prefix="rack-export-") as tmp:
+                path = Path(tmp) / f"{service}.{row['id']}.tar"
+                skopeo.copy(
+                    f"docker://{image['image']}", f"oci-archive:{path}",
+                    creds=_creds(self.rack), what=f"saving {image['image']}",
+                )  # fmt: skip
+                with open(path, "rb") as fh:
+                    yield from tgz.member(path.name, fh, path.stat().st_size)
         yield from tgz.end()
 
-    def close(self) -> None:
-        self.engine.close()  # closing twice is harmless
+
+def _creds(rack: Rack) -> dict[str, tuple[str, str]]:
+    s = rack.settings
+    return {s.registry: (s.registry_username, s.registry_password)} if s.registry_username else {}
 
 
 def export(rack: Rack, app: str, build_id: str) -> Export:
-    """Check a complete build's images are at hand (pulling any the engine lacks); return its .tgz stream."""
+    """Check a complete build's images are in the registry; return its .tgz stream."""
     row = builds.get(rack, app, build_id)
     if row["status"] != "complete":
         raise Conflict(f"build {build_id} is {row['status']}: only a complete build can be exported")
     if not row["images"]:
         raise Conflict(f"build {build_id} has no images to export")
-    with _platform_errors():
-        engine = Engine(rack.settings)
-        try:
-            for image in row["images"].values():
-                if not engine.has_image(image["image"]):
-                    drain(engine.pull(image["image"]), lambda _line: None)
-        except BaseException:
-            engine.close()
-            raise
-    return Export(engine, row)
+    for image in row["images"].values():  # before the first byte: a missing image is a clear error
+        skopeo.inspect_raw(f"docker://{image['image']}", creds=_creds(rack), what=f"finding {image['image']}")
+    return Export(rack, row)
 
 
 class Gunzip:
@@ -210,10 +189,11 @@ def _parse_build(data: bytes) -> dict:
     return source
 
 
-def check_images(source: dict, tars: dict[str, Path]) -> dict[str, tuple[str, list[str]]]:
-    """Match the archives with the build's services (its images, else its manifest's); read each one's id."""
+def check_images(source: dict, tars: dict[str, Path]) -> dict[str, str]:
+    """Match the archives with the build's services (its images, else its manifest's); check each one's
+    digests; return each one's skopeo transport (`oci-archive` or `docker-archive`)."""
     expected = set(source.get("images") or {})
-    if not expected:  # an export of a build made before images were recorded
+    if not expected:  # a Convox export, or one of a build made before images were recorded
         try:
             data = YAML(typ="safe", pure=True).load(source.get("manifest") or "")
         except YAMLError as exc:
@@ -227,45 +207,79 @@ def check_images(source: dict, tars: dict[str, Path]) -> dict[str, tuple[str, li
     missing = sorted(expected - set(tars))
     if missing or not tars:
         raise Invalid(f"the import lacks the image of: {', '.join(missing) or 'every service'}")
-    return {service: image_id(path) for service, path in tars.items()}
+    return {service: archive_kind(path) for service, path in tars.items()}
 
 
-def image_id(path: Path) -> tuple[str, list[str]]:
-    """Read a `docker save` archive's manifest.json: the image id and the tags it loads as."""
+def archive_kind(path: Path) -> str:
+    """Check an image archive whole (every blob against its digest); return its skopeo transport."""
     try:
         with tarfile.open(path, "r:") as tar:
-            fh = tar.extractfile("manifest.json")
-            entries = json.loads(fh.read(JSON_MAX)) if fh else None
-    except (tarfile.TarError, KeyError, ValueError) as exc:
-        raise Invalid(f"{path.name} is not an image archive as `docker save` makes: {exc}") from None
+            names = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+            if "oci-layout" in names and "index.json" in names:
+                _check_oci(tar, names, path.name)
+                return "oci-archive"
+            if "manifest.json" in names:
+                _check_docker_save(tar, names, path.name)
+                return "docker-archive"
+    except (tarfile.TarError, ValueError, KeyError) as exc:
+        raise Invalid(f"{path.name} is not an image archive: {exc}") from None
+    raise Invalid(f"{path.name} is not an image archive: neither an OCI archive (skopeo) nor docker save")
+
+
+def _json(tar: tarfile.TarFile, member: tarfile.TarInfo, what: str):
+    fh = tar.extractfile(member)
+    if fh is None or member.size > JSON_MAX:
+        raise Invalid(f"{what} is missing or larger than {JSON_MAX} bytes")
+    try:
+        return json.loads(fh.read())
+    except ValueError as exc:
+        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+
+
+def _blob(tar: tarfile.TarFile, names: dict, digest: object, name: str) -> tarfile.TarInfo:
+    """The archive's blob of `digest`, read whole to check that its content has that digest."""
+    m = re.fullmatch(r"sha256:([0-9a-f]{64})", str(digest))
+    if not m or f"blobs/sha256/{m.group(1)}" not in names:
+        raise Invalid(f"{name}: blob {str(digest)[:80]} is missing or not a sha256 digest")
+    member = names[f"blobs/sha256/{m.group(1)}"]
+    h, fh = hashlib.sha256(), tar.extractfile(member)
+    while fh is not None and (chunk := fh.read(CHUNK)):
+        h.update(chunk)
+    if h.hexdigest() != m.group(1):
+        raise Invalid(f"{name}: blob {digest} does not match its digest (the archive is corrupt)")
+    return member
+
+
+def _check_oci(tar: tarfile.TarFile, names: dict, name: str) -> None:
+    index = _json(tar, names["index.json"], f"{name}: index.json")
+    found = index.get("manifests") if isinstance(index, dict) else None
+    if not (isinstance(found, list) and len(found) == 1 and isinstance(found[0], dict)):
+        raise Invalid(f"{name}: index.json must list exactly one image manifest")
+    manifest = _json(tar, _blob(tar, names, found[0].get("digest"), name), f"{name}: the manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise Invalid(f"{name}: the manifest names no image config")
+    layers = manifest.get("layers")
+    for ref in [manifest["config"], *(layers if isinstance(layers, list) else [])]:
+        member = _blob(tar, names, ref.get("digest") if isinstance(ref, dict) else None, name)
+        if isinstance(ref, dict) and ref.get("size") not in (None, member.size):
+            raise Invalid(f"{name}: blob {ref.get('digest')} is not the size its manifest says")
+
+
+def _check_docker_save(tar: tarfile.TarFile, names: dict, name: str) -> None:
+    entries = _json(tar, names["manifest.json"], f"{name}: manifest.json")
     if not (isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict)):
-        raise Invalid(f"{path.name}: manifest.json must list exactly one image")
-    digest = Path(str(entries[0].get("Config", ""))).name.removesuffix(".json")
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise Invalid(f"{path.name}: manifest.json names no image config")
-    tags = entries[0].get("RepoTags") or []
-    return f"sha256:{digest}", [str(t) for t in tags] if isinstance(tags, list) else []
-
-
-def _load(engine: Engine, path: Path, ident: tuple[str, list[str]], tag: str, say: Callable) -> None:
-    """Load one image archive and tag it `tag`, leaving none of the exporting rack's own tags behind."""
-    image, tags = ident
-    had = {tag for tag in tags if engine.has_image(tag)}
-    say(f"Running: docker load -i {path.name}\n")
-    with engine_errors(f"loading {path.name}"), open(path, "rb") as fh:
-        try:
-            for event in engine.api.load_image(fh) or []:
-                if "error" in event or "errorDetail" in event:
-                    raise Invalid(f"docker could not load {path.name}: {event.get('error') or event}")
-        except docker.errors.APIError as exc:  # the engine refused the archive itself
-            raise Invalid(f"docker could not load {path.name}: {exc.explanation or exc}") from None
-    if not engine.has_image(image):
-        raise Invalid(f"{path.name} did not hold the image its manifest.json names ({image})")
-    say(f"Running: docker tag {image} {tag}\n")
-    engine.tag(image, tag)
-    for name in set(tags) - had:  # the exporting rack's names mean nothing here
-        with contextlib.suppress(docker.errors.DockerException):
-            engine.api.remove_image(name, noprune=True)
+        raise Invalid(f"{name}: manifest.json must list exactly one image")
+    config = str(entries[0].get("Config", ""))
+    digest = Path(config).name.removesuffix(".json")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest) or config not in names:
+        raise Invalid(f"{name}: manifest.json names no image config")
+    h, fh = hashlib.sha256(), tar.extractfile(names[config])
+    h.update(fh.read(JSON_MAX) if fh else b"")
+    if h.hexdigest() != digest:
+        raise Invalid(f"{name}: the image config does not match its digest (the archive is corrupt)")
+    for layer in entries[0].get("Layers") or []:
+        if str(layer) not in names:
+            raise Invalid(f"{name}: layer {str(layer)[:100]} is missing")
 
 
 def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
@@ -279,15 +293,15 @@ def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
         source, tars = read_archive(
             body, Path(tmp), limit=settings.max_upload_bytes, max_bytes=settings.extract_max_bytes
         )
-        ids = check_images(source, tars)  # every archive is checked before anything is loaded
+        kinds = check_images(source, tars)  # every archive is checked before anything is pushed
         say(f"Importing build {source['id']} of app {source.get('app') or '?'} as {build_id}\n")
-        with _platform_errors(), Engine(settings) as engine:
-            for service, path in sorted(tars.items()):
-                tag = f"{settings.registry}/{app}:{service}.{build_id}"
-                _load(engine, path, ids[service], tag, say)
-                say(f"Running: docker push {tag}\n")
-                digest = drain(engine.push(tag), say)
-                images[service] = {"image": tag, "digest": digest}
+        for service, path in sorted(tars.items()):
+            tag = f"{settings.registry}/{app}:{service}.{build_id}"
+            say(f"Running: skopeo copy {kinds[service]}:{path.name} docker://{tag}\n")
+            digest = skopeo.copy(
+                f"{kinds[service]}:{path}", f"docker://{tag}", creds=_creds(rack), what=f"pushing {tag}"
+            )
+            images[service] = {"image": tag, "digest": digest}
     say(f"Imported {len(images)} image(s) as build {build_id}\n")
     logs = objects.store_build_log(rack, app, build_id, "".join(lines).encode())
     fields = {"logs": logs, "images": images, "entrypoint": source.get("entrypoint") or "", "started": began}

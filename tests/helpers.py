@@ -241,9 +241,15 @@ def run_image(client, image: str, *command: str, entrypoint: bool = True) -> str
     The container's log is read after it has exited: docker-py's attached `containers.run` sometimes
     returns nothing for a container that exits at once.
     """
+    import docker.errors
+
     kw = {}
     if command:
         kw = {"entrypoint": list(command)} if entrypoint else {"command": list(command)}
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:  # in the registry only (an import never goes through the engine)
+        client.images.pull(image)
     container = client.containers.create(image, network_mode="none", **kw)
     try:
         container.start()
@@ -528,3 +534,55 @@ class PeakRss:
         self._done.set()
         self._thread.join()
         self.peak = max(self.peak, group_rss(self.pid))
+
+
+def oci_archive(files: Mapping[str, str], *, cmd: list[str]) -> bytes:
+    """Return an image as `skopeo copy … oci-archive:` lays one out: `oci-layout`, `index.json` naming one
+    manifest, and `blobs/sha256/<digest>` for the manifest, the config and each layer (uncompressed tars):
+    busybox's root filesystem, then `files`."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    from rack_stack.base_image import rootfs_tar
+
+    extra = io.BytesIO()
+    with tarfile.open(fileobj=extra, mode="w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(text.encode()), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(text.encode()))
+    layers = [rootfs_tar(), extra.getvalue()]
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return digest
+
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]},
+    }).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob(x), "size": len(x)}
+                   for x in layers],
+    }).encode()  # fmt: skip
+    index = json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest),
+                       "size": len(manifest)}],
+    }).encode()  # fmt: skip
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        entries = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": index}
+        entries |= {f"blobs/sha256/{d.removeprefix('sha256:')}": data for d, data in blobs.items()}
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()

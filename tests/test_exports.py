@@ -29,7 +29,7 @@ from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
 from rack_api import create_app
 from rack_stack import Stack
-from tests.helpers import basic, run_image
+from tests.helpers import basic, oci_archive, run_image
 
 pytestmark = pytest.mark.docker
 
@@ -142,7 +142,8 @@ def imported(dst, archive):
     return resp.get_json()
 
 
-def test_export_is_build_json_then_one_docker_save_per_image(src, original, archive):
+def test_export_is_build_json_then_one_oci_archive_per_service(src, original, archive):
+    """Convox's shape: what a Convox rack's `builds import` reads (skopeo oci-archive per service)."""
     row = original[0]
     names = [name for name, _ in members(archive)]
     assert names == ["build.json", *(f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker"))]
@@ -151,8 +152,21 @@ def test_export_is_build_json_then_one_docker_save_per_image(src, original, arch
     assert build_json.startswith(b'{\n  "id": ')
     for name, data in members(archive)[1:]:
         with tarfile.open(fileobj=io.BytesIO(data)) as image:
-            manifest = json.load(image.extractfile("manifest.json"))
-        assert manifest[0]["RepoTags"] == [row["images"][name.split(".")[0]]["image"]]
+            files = set(image.getnames())
+            assert json.load(image.extractfile("oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+            index = json.load(image.extractfile("index.json"))
+            (entry,) = index["manifests"]
+            manifest = json.load(image.extractfile(f"blobs/sha256/{entry['digest'].removeprefix('sha256:')}"))
+        assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        for blob in [manifest["config"], *manifest["layers"]]:
+            assert f"blobs/sha256/{blob['digest'].removeprefix('sha256:')}" in files, name
+        assert exports.archive_kind(save(name, data)) == "oci-archive"  # every blob matches its digest
+
+
+def save(name: str, data: bytes) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="rack-test-")) / name
+    path.write_bytes(data)
+    return path
 
 
 def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, original, imported, engine):
@@ -168,13 +182,15 @@ def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, origi
     for service, image in new["images"].items():
         assert image["image"] == f"{registry}/copy:{service}.{new['id']}"
         url = f"http://{registry}/v2/copy/manifests/{service}.{new['id']}"
-        request = urllib.request.Request(url, method="HEAD", headers={"Accept": MANIFEST_V2})
+        accept = f"{MANIFEST_V2}, application/vnd.oci.image.manifest.v1+json"
+        request = urllib.request.Request(url, method="HEAD", headers={"Accept": accept})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.headers["Docker-Content-Digest"] == image["digest"]
     _, key = objects.parse_url(new["logs"])
     log = objects.open_object(dst, "copy", key).read().decode()
     assert f"Importing build {row['id']} of app myapp as {new['id']}\n" in log
-    assert f"Running: docker push {new['images']['web']['image']}\n" in log
+    web = new["images"]["web"]["image"]
+    assert f"Running: skopeo copy oci-archive:web.{row['id']}.tar docker://{web}\n" in log
     tags = {t for image in engine.images.list() for t in image.tags}
     assert not any(t.endswith(row["id"]) for t in tags)  # the exporting rack's names were not left behind
 
@@ -187,21 +203,20 @@ def test_the_imported_image_is_the_original_and_prints_the_same(original, import
     assert run(engine, image, "cat", "/app/build-stamp.txt") == stamp
 
 
-def test_export_pulls_images_the_engine_lacks_from_the_registry(src, original, imported, engine):
-    row = original[0]
+def test_export_needs_no_engine_copy_of_the_images(src, original, imported, engine):
+    row = original[0]  # `archive` removed the images from the engine: the export reads the registry
     resp = api(src).get(f"/apps/myapp/builds/{row['id']}.tgz")
     assert resp.status_code == 200
     names = [name for name, _ in members(resp.data)]
     assert names[1:] == [f"{s}.{row['id']}.tar" for s in ("tools", "web", "worker")]
-    assert engine.images.get(row["images"]["web"]["image"])
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.images.get(row["images"]["web"]["image"])
 
 
 def test_build_json_is_sent_before_any_image_is_saved(src, original, monkeypatch):
-    saved, get_image = [], docker.APIClient.get_image
+    saved, copy = [], exports.skopeo.copy
     monkeypatch.setattr(
-        docker.APIClient,
-        "get_image",
-        lambda api, name, **kw: saved.append(name) or get_image(api, name, **kw),
+        exports.skopeo, "copy", lambda src, dest, **kw: saved.append(src) or copy(src, dest, **kw)
     )
     resp = api(src).get(f"/apps/myapp/builds/{original[0]['id']}.tgz", buffered=False)
     unzip, head, chunks = zlib.decompressobj(31), b"", iter(resp.response)
@@ -210,6 +225,48 @@ def test_build_json_is_sent_before_any_image_is_saved(src, original, monkeypatch
     assert head[:10] == b"build.json" and saved == []
     resp.close()  # a client leaving mid-export ends the stream: nothing more is saved
     assert saved == []
+
+
+def test_a_convox_export_imports(dst, engine):
+    """An archive as a Convox rack exports it: build.json (no images field) and a skopeo OCI archive."""
+    apps.create(dst, name="fromconvox")
+    build = {
+        "id": "BCONVOXMADE", "app": "theirs", "description": "built on convox", "entrypoint": "",
+        "git-sha": "abc123", "logs": "object://theirs/build/BCONVOXMADE/logs",
+        "manifest": "services:\n  web:\n    build: .\n", "process": "build-abcde", "release": "RCONVOXMADE",
+        "reason": "", "repository": "", "status": "complete",
+        "started": "2026-01-02T03:04:05.123456789Z", "ended": "2026-01-02T03:05:06Z",
+    }  # fmt: skip
+    image = oci_archive({"hello.txt": "hello from convox\n"}, cmd=["cat", "/hello.txt"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        root = tarfile.TarInfo("")  # Convox also writes its temp folder, as an entry with no name
+        root.type = tarfile.DIRTYPE
+        t.addfile(root)
+        for name, data in (
+            ("build.json", json.dumps(build, indent=2).encode()),
+            ("web.BCONVOXMADE.tar", image),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            t.addfile(info, io.BytesIO(data))
+    resp = api(dst).post("/apps/fromconvox/builds/import", data=buf.getvalue())
+    assert resp.status_code == 200, resp.get_json()
+    new = resp.get_json()
+    assert (new["status"], new["description"], new["git-sha"]) == ("complete", "built on convox", "abc123")
+    web = new["images"]["web"]["image"]
+    assert web == f"{dst.settings.registry}/fromconvox:web.{new['id']}"
+    assert new["images"]["web"]["digest"].startswith("sha256:")
+    assert run(engine, web) == "hello from convox\n"
+    # A corrupt blob is refused before anything is pushed.
+    spoilt = bytearray(image)
+    at = spoilt.index(b"hello from convox")
+    spoilt[at] ^= 1
+    body = tgz({"build.json": json.dumps(build).encode(), "web.BCONVOXMADE.tar": bytes(spoilt)})
+    resp = api(dst).post("/apps/fromconvox/builds/import", data=body)
+    assert resp.status_code == 400
+    assert "does not match its digest (the archive is corrupt)" in resp.get_json()["error"]
+    assert len(builds.list_for_app(dst, "fromconvox")) == 1
 
 
 def nothing_created(r: Rack, app: str) -> None:
@@ -293,3 +350,16 @@ def test_only_a_complete_build_exports(src, original):
     assert (missing.status_code, missing.get_json()) == (404, {"error": "build not found: BNOSUCHBUIL"})
     assert client.get(f"/apps/nope/builds/{original[0]['id']}.tgz").status_code == 404
     assert client.get(f"/apps/myapp/builds/{original[0]['id']}").content_type == "application/json"
+
+
+def test_an_older_export_of_docker_save_archives_still_imports(dst, original, engine):
+    row, printed, _ = original
+    web = row["images"]["web"]["image"]
+    engine.images.pull(web)
+    saved = b"".join(engine.api.get_image(web))
+    only_web = {**builds.serialize(row), "images": {"web": row["images"]["web"]}}
+    body = tgz({"build.json": json.dumps(only_web).encode(), f"web.{row['id']}.tar": saved})
+    apps.create(dst, name="older")
+    resp = api(dst).post("/apps/older/builds/import", data=body)
+    assert resp.status_code == 200, resp.get_json()
+    assert run(engine, resp.get_json()["images"]["web"]["image"]) == printed

@@ -1,0 +1,96 @@
+"""Copy images between registries and archives with Debian's `skopeo`, with no Docker engine involved.
+
+Credentials go in a private auth file for the one command (never in argv); registries on loopback are
+spoken to over plain HTTP, others over verified TLS. Failures become BadGateway with skopeo's own words.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from rack.errors import BadGateway, Unavailable
+from rack.scrub import scrub
+
+TIMEOUT = 1800  # seconds for one copy: Convox allows 30 minutes per image too
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def host_of(reference: str) -> str:
+    """The registry host of `host[:port]/repo:tag` (Docker Hub's when the first part is no host)."""
+    first = reference.split("/", 1)[0]
+    named = "/" in reference and ("." in first or ":" in first or first == "localhost")
+    return first if named else "docker.io"
+
+
+def insecure(host: str) -> bool:
+    """Loopback registries speak plain HTTP (as the Docker engine trusts them); others verified TLS."""
+    name = host.split("]")[0] + "]" if host.startswith("[") else host.split(":")[0]
+    return name in LOOPBACK
+
+
+@contextlib.contextmanager
+def authfile(creds: Mapping[str, tuple[str, str]]) -> Iterator[str]:
+    """A private containers-auth.json holding `{host: (user, password)}`, removed afterwards."""
+    auths = {
+        host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+        for host, (user, password) in creds.items()
+        if user
+    }
+    fd, path = tempfile.mkstemp(prefix="rack-auth-", suffix=".json")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump({"auths": auths}, out)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def copy(
+    src: str,
+    dest: str,
+    *,
+    creds: Mapping[str, tuple[str, str]] | None = None,
+    what: str,
+    timeout: int = TIMEOUT,
+) -> str:
+    """Copy `src` to `dest` (`docker://…`, `oci-archive:…`, `docker-archive:…`); return the pushed digest."""
+    args = []
+    for flag, ref in (("--src-tls-verify=false", src), ("--dest-tls-verify=false", dest)):
+        if ref.startswith("docker://") and insecure(host_of(ref.removeprefix("docker://"))):
+            args.append(flag)
+    with tempfile.TemporaryDirectory(prefix="rack-skopeo-") as tmp, authfile(creds or {}) as auth:
+        digestfile = Path(tmp) / "digest"
+        run(["copy", "--quiet", "--authfile", auth, "--digestfile", str(digestfile), *args, "--", src, dest],
+            what=what, timeout=timeout)  # fmt: skip
+        return digestfile.read_text().strip() if digestfile.exists() else ""
+
+
+def inspect_raw(ref: str, *, creds: Mapping[str, tuple[str, str]] | None = None, what: str) -> bytes:
+    """The raw manifest of `docker://…`, or BadGateway."""
+    args = ["--tls-verify=false"] if insecure(host_of(ref.removeprefix("docker://"))) else []
+    with authfile(creds or {}) as auth:
+        return run(["inspect", "--raw", "--authfile", auth, *args, "--", ref], what=what, timeout=120)
+
+
+def run(args: list[str], *, what: str, timeout: int) -> bytes:
+    try:
+        proc = subprocess.run(
+            ["skopeo", *args], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
+    except FileNotFoundError:
+        raise Unavailable("skopeo is not installed on this rack (Debian package skopeo)") from None
+    except subprocess.TimeoutExpired:
+        raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
+    if proc.returncode != 0:
+        message = proc.stderr.decode(errors="replace").strip().splitlines()
+        detail = scrub(message[-1] if message else f"exit status {proc.returncode}")
+        raise BadGateway(f"{what}: {detail[:500]}")
+    return proc.stdout
