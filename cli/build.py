@@ -65,6 +65,7 @@ def build_options(fn):
         click.option("--no-cache", is_flag=True, help="build without the Docker layer cache"),
         click.option("--development", is_flag=True, help="build the Dockerfile's development target"),
         click.option("--id", "id_only", is_flag=True, help="logs on stderr, only the release id on stdout"),
+        click.option("--external", is_flag=True, help="build with the local Docker engine, push to the rack"),
         click.option("-w", "--wait", is_flag=True, hidden=True, help="accepted for v2 compatibility"),
     ]
     for option in reversed(options):
@@ -163,6 +164,7 @@ def run_build(
     no_cache: bool,
     development: bool,
     say: Say,
+    external: bool = False,
 ) -> tuple[RackClient, str, dict]:
     """Package, upload, start and follow a build; return the client, the app and the finished build."""
     remote = is_git_url(directory)
@@ -173,6 +175,18 @@ def run_build(
     for arg in build_args:
         if "," in arg:
             raise click.BadParameter(f"{arg!r}: values cannot contain commas", param_hint="--build-args")
+    if external:  # the local engine builds and pushes; the rack records the build and its release
+        if remote:
+            raise click.BadParameter("--external builds a folder, not a git URL", param_hint="DIR")
+        from cli.external import build_external
+
+        description, git_sha = git_details(directory, description)
+        client.get(f"/apps/{app}")
+        done = build_external(
+            client, app, directory, description=description, git_sha=git_sha, manifest=manifest,
+            build_args=build_args, no_cache=no_cache, development=development, out=say.binary(),
+        )  # fmt: skip
+        return client, app, done
     if remote:  # the rack clones it: the worker records the commit it checked out
         description, git_sha, url = description or "", "", directory
         client.get(f"/apps/{app}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 import cli.exports  # noqa: F401  (adds `builds export` and `builds import`)
+import cli.external  # noqa: F401  (adds `builds import-image`)
 from cli import (
     logs,  # noqa: F401  (adds `builds logs` to the builds group)
     settings,
@@ -70,7 +71,12 @@ def rack(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     s = RackClient().get("/system")
-    rows = [("Name", s["name"]), ("Provider", s["provider"]), ("Status", s["status"]), ("Version", s["version"])]
+    rows = [
+        ("Name", s["name"]),
+        ("Provider", s["provider"]),
+        ("Status", s["status"]),
+        ("Version", s["version"]),
+    ]
     if builder := (s.get("parameters") or {}).get("Builder"):
         rows.append(("Builder", builder))
     info(rows)

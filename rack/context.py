@@ -13,7 +13,7 @@ from rack.db import Database
 from rack.storage import Store, open_store
 
 
-def no_queue(build_id: str) -> None:
+def no_queue(build_id: str, *args: str) -> None:
     """Refuse to enqueue: the default for processes that do not hand builds to workers."""
     raise RuntimeError("this process cannot enqueue builds")
 
@@ -29,6 +29,8 @@ class Rack:
     settings: Settings
     enqueue_build: Callable[[str], None] = field(default=no_queue)
     send_event: Callable[[str, str], None] = field(default=no_events)  # (hook id, JSON body) to deliver
+    # (build id, image, source user, source password): copy an image into a build on a worker
+    enqueue_import: Callable[[str, str, str, str], None] = field(default=no_queue)
 
     @cached_property
     def db(self) -> Database:

@@ -151,7 +151,8 @@ def build_ended(rack: Rack, row: dict | None, *, promoted: bool = False) -> None
     data = {"id": row["id"]}
     if row["status"] == "complete":
         emit(rack, "build:complete", app=row["app"], data={**data, "release_id": row["release"]})
-        emit(rack, "release:create", app=row["app"], data={"id": row["release"], "build_id": row["id"]})
+        if row["release"]:  # an external build's release is made afterwards, by its client
+            emit(rack, "release:create", app=row["app"], data={"id": row["release"], "build_id": row["id"]})
         if promoted:
             emit(rack, "release:promote", app=row["app"], data={"id": row["release"]})
     elif row["status"] == "failed":

@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
         rack = Rack(settings or load_settings())
     if rack.enqueue_build is no_queue:
         rack.enqueue_build = queue.enqueue_build_for(rack.settings)
+    if rack.enqueue_import is no_queue:
+        rack.enqueue_import = queue.enqueue_import_for(rack.settings)
     if rack.send_event is no_events:
         rack.send_event = queue.send_event_for(rack.settings)
     app.extensions["rack"] = rack

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
+from rack import external
 from rack.builds import lifecycle
 from rack.builds import record as builds
 from rack_api.params import as_json, flag, limit, listing, param, rack
@@ -13,6 +14,14 @@ bp = Blueprint("builds", __name__)
 
 @bp.post("/apps/<app>/builds")
 def create(app: str):
+    if flag("external"):  # the client builds and pushes; the answer alone shows the push credentials
+        row = external.create(
+            rack(), app, description=param("description") or "", manifest=param("manifest") or "",
+            git_sha=param("git-sha") or "",
+        )  # fmt: skip
+        return as_json(
+            {**builds.serialize(row), "repository": external.repository(rack(), app, with_credentials=True)}
+        )
     row = builds.create(
         rack(),
         app,
@@ -43,6 +52,15 @@ def update(app: str, build_id: str):
     names = ("ended", "entrypoint", "logs", "manifest", "release", "started", "status", "description")
     changes = {name: value for name in names if (value := param(name)) is not None}
     return as_json(builds.serialize(builds.update(rack(), app, build_id, changes)))
+
+
+@bp.post("/apps/<app>/builds/<build_id>/image")
+def import_image(app: str, build_id: str):
+    external.start_import(
+        rack(), app, build_id, image=param("image", header=True) or "",
+        user=param("src-creds-user") or "", password=param("src-creds-pass") or "",
+    )  # fmt: skip
+    return "", 202
 
 
 @bp.post("/apps/<app>/builds/<build_id>/cancel")

@@ -7,7 +7,7 @@ import threading
 
 from celery import shared_task
 
-from rack import events
+from rack import events, external
 from rack.config import load_settings
 from rack.context import Rack
 from rack.errors import BadGateway, Busy, Unavailable
@@ -70,3 +70,13 @@ def _queue_event(hook_id: str, body: str) -> None:
 def deliver_event(hook_id: str, body: str) -> None:
     """POST one event to one hook."""
     events.deliver(worker_rack(), hook_id, body)
+
+
+# The copy itself ends the build (complete or failed with a reason); a lost worker's import is failed by
+# the reaper once its heartbeat stops.
+@shared_task(
+    name="rack_worker.tasks.import_image", acks_late=True, autoretry_for=(Unavailable,), max_retries=5
+)
+def import_image(build_id: str, image: str, user: str, password: str) -> None:
+    """Copy an image (per service) into an external build."""
+    external.run_import(worker_rack(), build_id, image, user, password)

@@ -183,6 +183,10 @@ def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict
     status = changes.get("status") or row["status"]
     if status not in STATUSES:
         raise Invalid(f"invalid status {status!r}: use one of {', '.join(STATUSES)}")
+    if status == "complete" and row["status"] != "complete" and row["repository"] and not row["images"]:
+        from rack import external  # the images an external build pushed, checked and recorded
+
+        fields["images"] = external.pushed(rack, {**row, **fields})
     with rack.db.transaction() as conn:
         if fields.get("release") and releases_sql.get(conn, app=app, id=fields["release"]) is None:
             raise NotFound(f"release not found: {fields['release']}")
