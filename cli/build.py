@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import click
 
+from cli import sources
 from cli.appname import app_option, resolve_app
 from cli.client import RackClient
 from cli.logs import follow_build
@@ -130,15 +131,24 @@ def _progress():
     return show, clear
 
 
+def upload_limit(client: RackClient) -> int:
+    """The largest upload the rack accepts, in bytes (0: it does not say)."""
+    return int((client.get("/system").get("parameters") or {}).get("MaxUploadBytes") or 0)
+
+
+def _over_limit(what: str, size: int, limit: int) -> click.ClickException:
+    return click.ClickException(
+        f"{what} is {_human(size)} but the rack accepts at most {_human(limit)}:"
+        " list large or generated files in .dockerignore"
+    )
+
+
 def upload(client: RackClient, app: str, fh: BinaryIO, say: Say) -> str:
     """Upload the packaged source as a temp object of the app; return its object:// URL."""
-    limit = int((client.get("/system").get("parameters") or {}).get("MaxUploadBytes") or 0)
+    limit = upload_limit(client)
     size = size_of(fh)
     if limit and size > limit:
-        raise click.ClickException(
-            f"the source is {_human(size)} but the rack accepts at most {_human(limit)}:"
-            " list large or generated files in .dockerignore"
-        )
+        raise _over_limit("the source", size, limit)
     say("Uploading source... ", nl=False)
     show, clear = _progress()
     try:
@@ -152,6 +162,42 @@ def upload(client: RackClient, app: str, fh: BinaryIO, say: Say) -> str:
         clear()
     say("OK")
     return obj["Url"]
+
+
+def send_tree(client: RackClient, app: str, directory: str, manifest: str, say: Say) -> str | None:
+    """Send only the contents the rack lacks; return the tree's URL (None: the rack takes archives only)."""
+    say("Hashing source... ", nl=False)
+    try:
+        tree = sources.scan(directory, manifest=manifest)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {directory}: {exc}") from None
+    say(f"OK ({tree.files:,} files, {sources.human(tree.size)})")
+    limit = upload_limit(client)
+    if big := sources.too_large(tree, limit):
+        raise _over_limit(f"the file {big[0]}", big[1], limit)
+    say("Uploading source... ", nl=False)
+    show, clear = _progress()
+    try:
+        sent = sources.send(client, app, tree, progress=show, limit=limit)
+    finally:
+        clear()
+    if sent is None:
+        say("the rack takes whole archives")
+        return None
+    say(f"OK ({sent.summary()})")
+    return sent.url
+
+
+def send_archive(client: RackClient, app: str, directory: str, manifest: str, say: Say) -> str:
+    """Package the folder as one archive and upload it (what Convox's own racks take)."""
+    say("Packaging source... ", nl=False)
+    try:
+        fh = package(directory, manifest=manifest)
+    except OSError as exc:
+        raise click.ClickException(f"cannot package {directory}: {exc}") from None
+    with fh:
+        say("OK")
+        return upload(client, app, fh, say)
 
 
 def run_build(
@@ -193,14 +239,9 @@ def run_build(
     else:
         description, git_sha = git_details(directory, description)
         client.get(f"/apps/{app}")  # a missing app fails here, before packaging a large folder
-        say("Packaging source... ", nl=False)
-        try:
-            fh = package(directory, manifest=manifest)
-        except OSError as exc:
-            raise click.ClickException(f"cannot package {directory}: {exc}") from None
-        with fh:
-            say("OK")
-            url = upload(client, app, fh, say)
+        url = send_tree(client, app, directory, manifest, say) or send_archive(
+            client, app, directory, manifest, say
+        )
 
     say("Starting build... ", nl=False)
     form = {"url": url, "description": description, "manifest": manifest, "git-sha": git_sha}

@@ -55,6 +55,8 @@ class Settings:
     metrics_port: int = 0  # each worker serves /metrics on this port; 0 = not at all
     app_max_running: int = 2  # builds of one app running at once; the others wait their turn
     build_attempts: int = 2  # runs of a build whose worker was lost, counting the first
+    source_retention: int = 7 * 24 * 3600  # seconds a source's contents outlive the last build using them
+    source_sweep_interval: int = 3600  # seconds between a worker's sweeps of unneeded contents
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
 
     @property

@@ -14,6 +14,7 @@ from rack.errors import Invalid, NotFound
 from rack.storage import key_size_problem, shown
 
 MAX_KEY_BYTES = 1024  # S3's limit for a whole key
+RESERVED = ".sources"  # an app's source contents live under <app>/.sources/ in the store
 
 
 def normalize_key(key: str) -> str:
@@ -53,10 +54,17 @@ def _store_key(app: str, key: str) -> str:
     return f"{app}/{key}"
 
 
+def _writable(key: str) -> str:
+    """Refuse the keys where the rack keeps an app's source contents (see rack.sources)."""
+    if key == RESERVED or key.startswith(RESERVED + "/"):
+        raise Invalid(f"object keys under {RESERVED}/ are reserved for the rack's source contents")
+    return key
+
+
 def put(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
     """Stream an upload into the store within the size limit; return its object URL."""
     apps.get(rack, app)
-    key = normalize_key(key)
+    key = _writable(normalize_key(key))
     size = rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)
     metrics.add_upload_bytes(rack, size)
     return url(app, key)
@@ -96,7 +104,7 @@ def exists(rack: Rack, app: str, key: str) -> bool:
 
 def delete(rack: Rack, app: str, key: str) -> None:
     apps.get(rack, app)
-    key = normalize_key(key)
+    key = _writable(normalize_key(key))
     if not rack.store.exists(_store_key(app, key)):
         raise NotFound(f"object not found: {key}")
     rack.store.delete(_store_key(app, key))

@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
         objects,
         queue,
         releases,
+        sources,
         system,
         webhooks,
     )
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, rack: Rack | None = None) ->
     exports.init_app(app)
     logs.init_app(app)
     releases.init_app(app)
+    sources.init_app(app)
     webhooks.init_app(app)
     events.init_app(app)
     console.init_app(app)

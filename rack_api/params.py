@@ -98,6 +98,16 @@ class RequestBody:
             raise Invalid(f"the {self.what} is truncated: got {self.seen} of {self.length} bytes")
         return chunk
 
+    def read_all(self) -> bytes:
+        """The whole body, which must fit within the limit (a small JSON document, not an upload)."""
+        chunks, size = [], 0
+        while chunk := self.read():
+            size += len(chunk)
+            if size > self.limit:
+                raise TooLarge(f"the {self.what} is larger than the limit of {self.limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def drain(self) -> None:
         """Read what the client still sends (up to the limit), so it reads our answer instead of a reset."""
         with contextlib.suppress(RackError, OSError):

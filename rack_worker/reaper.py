@@ -1,4 +1,5 @@
-"""Every worker reaps: a thread that fails lost, expired and overdue builds on a timer.
+"""Every worker reaps: a thread that fails lost, expired and overdue builds on a timer (and, less often,
+sweeps source contents no recent build needs).
 
 Several workers reaping at once is safe: each build is ended by one guarded UPDATE, so one wins.
 """
@@ -16,6 +17,7 @@ from rack.builds import lifecycle
 from rack.config import load_settings
 from rack.context import Rack
 from rack.pipeline import folders
+from rack.sources import sweep
 from rack_worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ def reap_forever(rack: Rack, stop: threading.Event, *, worker: str = "") -> None
             lifecycle.reap(rack)
         except Exception:  # Postgres or Redis away: try again next round
             log.warning("reaper round failed", exc_info=True)
+        try:
+            sweep.sweep_if_due(rack)
+        except Exception:
+            log.warning("source sweep failed", exc_info=True)
 
 
 @worker_ready.connect

@@ -215,13 +215,13 @@ def _answers(url: str) -> bool:
         return False
 
 
-def tarball(files: Mapping[str, str | bytes]) -> bytes:
-    """Return a gzipped tarball of `files` (name to content), as `convox build` uploads a folder."""
+def tarball(files: Mapping[str, str | bytes], *, gzip: bool = True) -> bytes:
+    """Return a gzipped (or plain) tarball of `files` (name to content), as `convox build` sends a folder."""
     import io
     import tarfile
 
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w") as tar:
         for name, content in files.items():
             data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(name)
@@ -344,7 +344,6 @@ class GitHttpServer:
     small threaded HTTP server. Repositories are the bare repos under `root`: `{url}/<name>.git`."""
 
     def __init__(self, root: Path) -> None:
-        import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
@@ -470,6 +469,67 @@ def when_started(rack: Rack, build_id: str, action) -> threading.Thread:
 def request_cancel(rack: Rack, row: dict) -> None:
     with rack.db.transaction() as conn:
         sql.request_cancel(conn, app=row["app"], id=row["id"])
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts the connection carrying request byte `cut_after`, as a flaky link does.
+
+    The cut connection's server side sees the request end there (and answers it); the client then loses
+    the connection without that answer. Connections after the cut pass whole. `sent` counts the request
+    bytes forwarded to the server over all connections.
+    """
+
+    def __init__(self, upstream_port: int, *, cut_after: int) -> None:
+        self.upstream_port, self.cut_after = upstream_port, cut_after
+        self.sent, self.cuts = 0, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        done, cutting = threading.Event(), threading.Event()
+
+        def back() -> None:
+            while data := _recv(upstream):
+                if not cutting.is_set():  # answers before the cut reach the client; the one after, not
+                    client.sendall(data)
+            done.set()
+
+        threading.Thread(target=back, daemon=True).start()
+        while data := _recv(client):
+            left = self.cut_after - self.sent
+            if self.cuts == 0:
+                data = data[:left]
+            upstream.sendall(data)
+            self.sent += len(data)
+            if self.cuts == 0 and len(data) == left:
+                cutting.set()
+                self.cuts += 1
+                upstream.shutdown(socket.SHUT_WR)  # the server sees the body end here
+                done.wait(10)  # and has answered (and recorded what arrived) before the client learns
+                break
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
 
 
 class LiveServer:

@@ -20,7 +20,9 @@ from click.testing import CliRunner
 from cli.main import main
 from rack import apps, objects, releases
 from rack.builds import record as builds
+from rack.sources import contents
 from rack.sql import builds as builds_sql
+from tests.helpers import LiveServer
 
 MANIFEST = "services:\n  web:\n    build: .\n"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "myapp"
@@ -92,8 +94,16 @@ def git(root, *args: str) -> str:
 
 
 def uploaded(rack, row) -> dict[str, bytes]:
+    """The files of a build's source: a tree of stored contents, or an uploaded archive."""
+    if row["source_url"].startswith("manifest://"):
+        out = {}
+        for entry in contents.load_tree(rack, row["source_url"]):
+            if entry.kind == "file":
+                with contents.open_content(rack, row["app"], entry.sha256) as fh:
+                    out[entry.path] = fh.read()
+        return out
     app, key = objects.parse_url(row["source_url"])
-    with rack.store.open(f"{app}/{key}") as fh, tarfile.open(fileobj=fh, mode="r:gz") as tar:
+    with rack.store.open(f"{app}/{key}") as fh, tarfile.open(fileobj=fh, mode="r:*") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
@@ -107,11 +117,13 @@ def test_build_uploads_source_and_sends_every_option(cli_env, rack, worker, proj
     assert result.exit_code == 0, result.output
     (build_id,) = worker.enqueued
     row = builds.get(rack, "myapp", build_id)
-    assert result.stdout == (
-        "Packaging source... OK\nUploading source... OK\nStarting build... OK\n"
-        + LOG.decode()
-        + f"Build:   {build_id}\nRelease: {row['release']}\n"
-    )
+    head, sent, rest = result.stdout.partition("Starting build... OK\n")
+    assert re.fullmatch(
+        r"Hashing source\.\.\. OK \([\d,]+ files, [\d.]+ KB\)\n"
+        r"Uploading source\.\.\. OK \(sent [\d,]+ of [\d,]+ files, [\d.]+ KB of [\d.]+ KB\)\n",
+        head,
+    ), head
+    assert sent and rest == LOG.decode() + f"Build:   {build_id}\nRelease: {row['release']}\n"
     assert row["description"] == "build " + git(project, "log", "-n1", "--pretty=%h %s", "--abbrev=10")
     assert row["description"].endswith(" first: a subject with spaces")
     assert row["git_sha"] == git(project, "rev-parse", "HEAD")
@@ -122,13 +134,31 @@ def test_build_uploads_source_and_sends_every_option(cli_env, rack, worker, proj
         "development": True,
     }
     assert row["options"] == options
-    assert re.fullmatch(r"object://myapp/tmp/[0-9a-f]{30}\.tgz", row["source_url"])
+    assert re.fullmatch(r"manifest://myapp/[0-9a-f]{64}", row["source_url"])
 
 
-def test_uploaded_tarball_honours_dockerignore(cli_env, rack, worker, project):
-    assert run("build", str(project)).exit_code == 0
+@pytest.mark.parametrize("rack_kind", ["tree", "archives only"])
+def test_uploaded_source_honours_dockerignore(
+    rack, worker, project, app, rack_kind, monkeypatch, tmp_path, settings
+):
+    def archives_only(environ, start_response):  # a rack without the content-addressed routes
+        if environ["PATH_INFO"].endswith(("/sources", "/contents")):
+            start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+            return [b'{"error": "not found"}']
+        return app(environ, start_response)
+
+    server = LiveServer(app if rack_kind == "tree" else archives_only, settings.password)
+    monkeypatch.setenv("RACK_URL", server.rack_url)
+    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "convox-config"))
+    try:
+        result = run("build", str(project))
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
     row = builds.get(rack, "myapp", worker.enqueued[0])
     assert (row["description"], row["git_sha"], row["options"]["no_cache"]) == ("", "", False)  # not git
+    assert row["source_url"].startswith("manifest://" if rack_kind == "tree" else "object://")
+    assert ("Packaging source... OK" in result.output) is (rack_kind != "tree")
     files = uploaded(rack, row)
     kept = {"convox.yml", "Dockerfile", "app.sh", "docs/KEEP.md", "src/main.sh", ".dockerignore"}
     assert set(files) == kept
@@ -188,7 +218,7 @@ def test_id_prints_only_the_release_on_stdout(cli_env, rack, worker, project):
     assert result.exit_code == 0, result.output
     release = builds.get(rack, "myapp", worker.enqueued[0])["release"]
     assert result.stdout == release
-    assert "Packaging source... OK" in result.stderr and LOG.decode() in result.stderr
+    assert "Uploading source... OK" in result.stderr and LOG.decode() in result.stderr
 
 
 def test_source_over_the_rack_limit_is_refused_before_upload(cli_env, rack, worker, project, monkeypatch):
@@ -196,7 +226,7 @@ def test_source_over_the_rack_limit_is_refused_before_upload(cli_env, rack, work
     monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, max_upload_bytes=2000))
     result = run("build", str(project))
     assert result.exit_code == 1
-    assert "Error: the source is " in result.output and "at most 2.0 KiB" in result.output
+    assert "Error: the file big.bin is 16.0 KiB" in result.output and "at most 2.0 KiB" in result.output
     assert "Uploading" not in result.output
     assert worker.enqueued == []
     stored = Path(urlparse(rack.settings.storage).path) / "myapp"

@@ -15,8 +15,10 @@ from rack.errors import Conflict, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
 from rack.logs.stream import BuildLog
 from rack.reasons import Reason
+from rack.sources import tree
 from rack.sql import builds as sql
 from rack.sql import releases as releases_sql
+from rack.sql import sources as sources_sql
 from rack.timefmt import parse_convox, rfc3339
 
 STATUSES = ("created", "running", "complete", "failed")
@@ -71,7 +73,7 @@ def parse_build_args(values: list[str]) -> list[str]:
 
 
 def check_source(rack: Rack, app: str, url: str) -> str:
-    """Accept an `object://` URL of an existing object of this app, or a git URL."""
+    """Accept an `object://` URL of an existing object of this app, a `manifest://` tree, or a git URL."""
     if not url:
         raise Invalid("url is required: upload the source as an object and pass object://<app>/<key>")
     if url.startswith("object://"):
@@ -81,6 +83,14 @@ def check_source(rack: Rack, app: str, url: str) -> str:
         if not rack.store.exists(f"{app}/{key}"):
             raise NotFound(f"source object not found: {url}")
         return objects.url(app, key)
+    if url.startswith(tree.SCHEME):
+        src_app, _ = tree.parse_url(url)
+        if src_app != app:
+            raise Invalid(f"source {url} belongs to another app: send the source to app {app}")
+        with rack.db.transaction() as conn:
+            if sources_sql.get_tree(conn, app=app, digest=tree.parse_url(url)[1]) is None:
+                raise Conflict(f"source tree not found: {url} (upload the source again)")
+        return url
     parsed = urlparse(url)
     if parsed.scheme in ("https", "http", "git", "ssh", "file") and parsed.path:
         return url

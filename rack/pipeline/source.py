@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -121,11 +121,7 @@ def extract_tarball(
     """Extract a .tgz (or plain .tar) stream into the empty directory dest, refusing anything unsafe."""
     # on a refusal dest may hold part of the tree: the caller owns dest and removes it. `stop` is asked
     # before each read of the archive; true ends the extraction with BuildUserError(Reason.CANCELLED, ...)
-    root = os.path.realpath(dest)
-    root_fd = os.open(root, _DIR_FLAGS)
-    try:
-        if os.listdir(root_fd):
-            raise ValueError(f"{dest} must be an empty directory")
+    with _empty_root(dest) as (root, root_fd):
         extraction = _Extraction(
             root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth
         )
@@ -137,8 +133,62 @@ def extract_tarball(
                 f" ({extraction.max_bytes} bytes)"
             )
         extraction.run(fileobj, stop)
+
+
+@contextlib.contextmanager
+def _empty_root(dest: Path) -> Iterator[tuple[str, int]]:
+    """Open the empty directory dest for extraction: its real path and a descriptor of it."""
+    root = os.path.realpath(dest)
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        if os.listdir(root_fd):
+            raise ValueError(f"{dest} must be an empty directory")
+        yield root, root_fd
     finally:
         os.close(root_fd)
+
+
+def extract_members(
+    members: Iterable[tarfile.TarInfo],
+    open_member: Callable[[tarfile.TarInfo], BinaryIO],
+    dest: Path,
+    *,
+    max_bytes: int,
+    max_entries: int,
+    max_depth: int = 256,
+    stop: Stop | None = None,
+) -> None:
+    """Write members (tar headers, from an archive or made from a source tree) into the empty dest.
+
+    The same rules as for a tarball's members hold; a regular file's bytes come from `open_member`.
+    """
+    with _empty_root(dest) as (root, root_fd):
+        extraction = _Extraction(
+            root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth
+        )
+        source = _Opener(open_member)
+        for count, member in enumerate(members, 1):
+            if stop is not None and stop():
+                raise BuildUserError(Reason.CANCELLED, "assembling the source was stopped")
+            if count > max_entries:
+                raise _refuse(f"the source has more than {max_entries} entries")
+            extraction.add_named(cast(tarfile.TarFile, source), member)
+        extraction.check_links()
+
+
+def check_members(members: Iterable[tarfile.TarInfo], *, max_depth: int = 256) -> None:
+    """Refuse a member that extraction would refuse by its name, type or link target, writing nothing."""
+    extraction = _Extraction("/nonexistent-source-root", -1, max_bytes=0, max_entries=0, max_depth=max_depth)
+    for member in members:
+        parts = extraction.check(member)
+        extraction.kinds["/".join(parts)] = "dir" if member.isdir() else "file"
+
+
+class _Opener:
+    """Stands in for a TarFile when members come from elsewhere: their bytes from a function."""
+
+    def __init__(self, open_member: Callable[[tarfile.TarInfo], BinaryIO]) -> None:
+        self.extractfile = open_member
 
 
 class _Extraction:
@@ -161,16 +211,22 @@ class _Extraction:
                     tar.members.clear()  # type: ignore[attr-defined]  # a stream keeps every header otherwise, and pax headers can be big
                     if count > self.max_entries:
                         raise _refuse(f"the source archive has more than {self.max_entries} entries")
-                    try:
-                        self.add(tar, member)
-                    except OSError as exc:
-                        if exc.errno != errno.ENAMETOOLONG:
-                            raise
-                        raise _bad(member.name, "has a name that is too long") from None
+                    self.add_named(tar, member)
             while body.read(_CHUNK):  # to the end, so gzip checks its length and CRC
                 pass
         except tarfile.ReadError:
             raise _refuse(TRUNCATED) from None
+        self.check_links()
+
+    def add_named(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        try:
+            self.add(tar, member)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise _bad(member.name, "has a name that is too long") from None
+
+    def check_links(self) -> None:
         # links are checked again against the finished tree: a later entry can change where one points
         for path, name in self.symlinks:
             full = os.path.join(self.root, path)
@@ -266,7 +322,7 @@ class _Extraction:
         data = tar.extractfile(member)
         if data is None:  # a regular file member always has data; anything else was refused above
             raise _bad(member.name, "has no content")
-        with os.fdopen(os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
+        with data, os.fdopen(os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
             while chunk := data.read(_CHUNK):
                 self.total += len(chunk)
                 if self.total > self.max_bytes:

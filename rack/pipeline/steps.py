@@ -28,6 +28,8 @@ from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
 from rack.reasons import Reason
 from rack.scrub import scrub
+from rack.sources import tree
+from rack.sources.assemble import assemble
 from rack.sql import builds as sql
 
 log = logging.getLogger(__name__)
@@ -260,7 +262,7 @@ class BuildRun:
         self.check()  # a cancel that came during the last push still wins
 
     def fetch_source(self) -> None:
-        """Extract the uploaded tarball, or clone the git URL, into the source folder."""
+        """Extract the uploaded tarball, assemble the tree, or clone the git URL, into the source folder."""
         try:
             self._fetch_source()
         except BuildUserError:
@@ -293,6 +295,10 @@ class BuildRun:
                     packed_size=packed,
                     stop=self.stopping,
                 )
+        elif url.startswith(tree.SCHEME):
+            self.src.mkdir()
+            with self.phases.timing("extract"):  # contents are read from the store as they are written
+                assemble(self.rack, url, self.src, stop=self.stopping)
         else:
             self.out.line(f"Cloning: {scrub(url)}")
             with self.phases.timing("fetch"):  # a clone fetches and checks out at once: no "extract"

@@ -1,0 +1,51 @@
+"""Assemble a build's source folder from a recorded tree and the app's stored contents."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from rack.context import Rack
+from rack.errors import BuildPlatformError, BuildUserError, Conflict, RackError
+from rack.pipeline.source import Stop, extract_members
+from rack.reasons import Reason
+from rack.sources import contents, tree
+
+
+def assemble(rack: Rack, url: str, dest: Path, *, stop: Stop | None = None) -> str:
+    """Write the tree at `url` into the empty folder dest as safely as a tarball; return its digest.
+
+    Raises BuildUserError (`user:source`) when the tree or one of its contents is gone or refused, and
+    BuildPlatformError (`platform:storage`) when the store fails.
+    """
+    app, digest = tree.parse_url(url)
+    try:
+        entries = contents.load_tree(rack, url)
+    except Conflict as exc:
+        raise BuildUserError(Reason.SOURCE, exc.message) from None
+
+    def open_member(member: tarfile.TarInfo) -> BinaryIO:
+        sha = by_path[member.name]
+        try:
+            return contents.open_content(rack, app, sha)
+        except FileNotFoundError:
+            raise BuildUserError(
+                Reason.SOURCE,
+                f"the content of {member.name!r} is gone from the rack: upload the source again",
+            ) from None
+        except RackError as exc:
+            raise BuildPlatformError(Reason.STORAGE, f"reading {member.name!r}: {exc.message}") from exc
+
+    by_path = {e.path: e.sha256 for e in entries if e.kind == "file"}
+    settings = rack.settings
+    extract_members(
+        (e.member() for e in entries),
+        open_member,
+        dest,
+        max_bytes=settings.extract_max_bytes,
+        max_entries=settings.extract_max_entries,
+        max_depth=settings.extract_max_depth,
+        stop=stop,
+    )
+    return digest

@@ -1,0 +1,47 @@
+"""Remove stored contents and trees that no build within the retention needs.
+
+Kept: contents uploaded, asked about or named by a tree within `RACK_SOURCE_RETENTION`, and every content
+of a tree that a build started within the retention (or not yet ended) was made from. The rest goes: its
+row first, then its object (an object left behind by a failure is re-uploaded or swept by the next app
+delete, never served as present).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from rack.context import Rack
+from rack.errors import RackError
+from rack.sources import contents
+from rack.sql import sources as sql
+
+log = logging.getLogger(__name__)
+_last = {"at": 0.0}
+_lock = threading.Lock()
+
+
+def sweep(rack: Rack, *, retention: int | None = None, now: datetime | None = None) -> dict[str, int]:
+    """Sweep every app once; return how many contents and trees were removed."""
+    keep = rack.settings.source_retention if retention is None else retention
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=keep)
+    with rack.db.transaction() as conn:
+        gone = sql.sweep_contents(conn, cutoff=cutoff)
+        trees = sql.sweep_trees(conn, cutoff=cutoff)
+    for row in gone:
+        try:
+            rack.store.delete(contents.key(row["app"], row["sha256"]))
+        except RackError as exc:
+            log.warning("sweep: content %s of %s stays in the store: %s", row["sha256"], row["app"], exc)
+    return {"contents": len(gone), "trees": trees}
+
+
+def sweep_if_due(rack: Rack) -> dict[str, int] | None:
+    """Sweep when `RACK_SOURCE_SWEEP_INTERVAL` has passed since this process last did (the reaper's timer)."""
+    with _lock:
+        if time.monotonic() - _last["at"] < rack.settings.source_sweep_interval and _last["at"]:
+            return None
+        _last["at"] = time.monotonic()
+    return sweep(rack)

@@ -1,0 +1,76 @@
+"""SQL for content-addressed sources: stored contents, trees, and what the sweep may remove."""
+
+from __future__ import annotations
+
+from psycopg2.extras import Json, execute_values
+
+from rack.db import fetchall, fetchone
+
+
+def touch_present(conn, *, app: str, shas: list[str]) -> set[str]:
+    """Mark the named contents as just used; return those the app has."""
+    rows = fetchall(
+        conn,
+        "UPDATE source_contents SET used = now() WHERE app = %s AND sha256 = ANY(%s) RETURNING sha256",
+        (app, shas),
+    )
+    return {row["sha256"] for row in rows}
+
+
+def add_contents(conn, *, app: str, contents: list[tuple[str, int]]) -> None:
+    """Record stored contents (sha256, size), or mark them used if already recorded."""
+    with conn.cursor() as cur:
+        execute_values(
+            cur,
+            "INSERT INTO source_contents (app, sha256, size) VALUES %s"
+            " ON CONFLICT (app, sha256) DO UPDATE SET used = now()",
+            [(app, sha, size) for sha, size in contents],
+        )
+
+
+def put_tree(conn, *, app: str, digest: str, entries: list[dict], files: int, size: int) -> None:
+    fetchone(
+        conn,
+        "INSERT INTO source_trees (app, digest, entries, files, bytes) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (app, digest) DO UPDATE SET used = now() RETURNING digest",
+        (app, digest, Json(entries), files, size),
+    )
+
+
+def get_tree(conn, *, app: str, digest: str) -> dict | None:
+    return fetchone(conn, "SELECT * FROM source_trees WHERE app = %s AND digest = %s", (app, digest))
+
+
+# Contents and trees a build may still need: those of trees used or built from within the retention, and
+# of every build not yet ended, however old.
+_LIVE_TREES = """
+    SELECT t.app, t.digest, t.entries FROM source_trees t
+    WHERE t.used >= %(cutoff)s OR EXISTS (
+        SELECT 1 FROM builds b WHERE b.app = t.app
+        AND b.source_url = 'manifest://' || t.app || '/' || t.digest
+        AND (b.started >= %(cutoff)s OR b.status IN ('created', 'running')))
+"""
+
+
+def sweep_contents(conn, *, cutoff) -> list[dict]:
+    """Delete the rows of contents unused since cutoff that no live tree names; return them."""
+    return fetchall(
+        conn,
+        f"WITH live AS ({_LIVE_TREES}), needed AS ("
+        "  SELECT DISTINCT live.app, e->>'sha256' AS sha256"
+        "  FROM live CROSS JOIN LATERAL jsonb_array_elements(live.entries) e)"
+        " DELETE FROM source_contents c WHERE c.used < %(cutoff)s AND NOT EXISTS ("
+        "  SELECT 1 FROM needed WHERE needed.app = c.app AND needed.sha256 = c.sha256)"
+        " RETURNING c.app, c.sha256",
+        {"cutoff": cutoff},
+    )
+
+
+def sweep_trees(conn, *, cutoff) -> int:
+    rows = fetchall(
+        conn,
+        f"WITH live AS ({_LIVE_TREES}) DELETE FROM source_trees t WHERE NOT EXISTS ("
+        " SELECT 1 FROM live WHERE live.app = t.app AND live.digest = t.digest) RETURNING t.digest",
+        {"cutoff": cutoff},
+    )
+    return len(rows)
