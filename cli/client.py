@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import requests
 
 from cli.settings import Endpoint, current
+
+if TYPE_CHECKING:  # imported when a command first talks to the rack: `convox --version` starts sooner
+    import requests
 
 
 class RackClient:
@@ -16,6 +18,8 @@ class RackClient:
     def __init__(
         self, endpoint: Endpoint | None = None, *, timeout: float | tuple[float, float] = 60
     ) -> None:
+        import requests
+
         self.endpoint = endpoint or current()
         self.session = requests.Session()
         self.session.auth = ("convox", self.endpoint.password)
@@ -26,6 +30,8 @@ class RackClient:
         return self.endpoint.url + path
 
     def request(self, method: str, path: str, *, expect_json: bool = True, **kw) -> Any:
+        import requests
+
         kw.setdefault("timeout", self.timeout)
         try:
             resp = self.session.request(method, self.url(path), **kw)

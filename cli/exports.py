@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import click
-import requests
 
 from cli.appname import app_option, subcommand_app
 from cli.builds import builds
@@ -41,6 +40,8 @@ def build_export(ctx: click.Context, build_id: str, app: str | None, path: str |
         raise click.ClickException("pipe this command into a file or specify --file")
     click.echo("Exporting build... ", nl=False, err=True)
     client = RackClient(timeout=TIMEOUT)
+    import requests
+
     resp = client.get(f"/apps/{app}/builds/{build_id}.tgz", expect_json=False, stream=True)
     try:
         with resp, open(path, "wb") if path else contextlib.nullcontext(stdout) as out:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import click
-import requests
 
 from cli.appname import app_option, subcommand_app
 from cli.builds import builds
 from cli.client import RackClient, check, short
+
+if TYPE_CHECKING:
+    import requests
 
 FINAL = ("complete", "failed")
 ATTEMPTS = 8  # consecutive failures to reach the rack before giving up (about 30 s with the backoff)
@@ -92,6 +94,8 @@ def _stream(
     connected = False
     url = client.url(f"/apps/{app}/builds/{build_id}/logs")
     params = {"offset": offset, "follow": "true" if follow else "false"}
+    import requests
+
     try:
         with client.session.get(url, params=params, stream=True, timeout=(10, READ_TIMEOUT)) as resp:
             if resp.status_code >= 500:
@@ -111,6 +115,8 @@ def _stream(
 
 
 def _get_build(client: RackClient, app: str, build_id: str) -> dict:
+    import requests
+
     try:
         resp = client.session.get(client.url(f"/apps/{app}/builds/{build_id}"), timeout=(10, 30))
     except (requests.ConnectionError, requests.Timeout) as exc:

@@ -140,3 +140,11 @@ def test_apps_lock_unlock_and_params(cli_env):
     bad = CliRunner().invoke(main, ["apps", "params", "set", "BuildCpu=1", "-a", "guarded"])
     assert bad.exit_code == 1 and "unknown app parameter: BuildCpu" in bad.output
     assert run("apps", "delete", "guarded").output == "Deleting guarded... OK\n"
+
+
+def test_starting_the_cli_imports_no_http_or_docker_library():
+    """`convox --version` loads neither the HTTP client nor the docker SDK: commands import what they need."""
+    heavy = "{'requests', 'urllib3', 'docker', 'rack'}"
+    code = f"import sys, cli.main; print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stderr
