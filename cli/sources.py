@@ -15,12 +15,15 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
-import requests
 
 from cli.client import RackClient, check, short
 from cli.source import CHUNK, source_files
+
+if TYPE_CHECKING:  # imported when a build uploads: `convox --version` starts sooner
+    import requests
 
 BATCH_BYTES = 32 * 1024 * 1024  # a batch's contents; each is one request, so a cut loses at most this
 BATCH_FILES = 1000
@@ -209,6 +212,8 @@ def _upload(
 
 def _request(client: RackClient, path: str, body, content_type: str) -> requests.Response | None:
     """POST a body; None when the connection was cut (so the caller resumes), errors as ClickException."""
+    import requests
+
     try:
         return client.session.post(
             client.url(path), data=body, headers={"Content-Type": content_type}, timeout=(30, 600)
