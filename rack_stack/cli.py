@@ -1,4 +1,4 @@
-"""`python -m rack_stack up|down|status|env`: run a local rack on this machine."""
+"""`python -m rack_stack up|down|status|env|next-steps`: run a local rack on this machine."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from rack_stack.app import CHECKOUT
+from rack_stack.app import CHECKOUT, venv_bin
 from rack_stack.procs import StartError
 from rack_stack.stack import APP_SERVICES, DEFAULT_PORTS, SERVICES, Stack
 
@@ -66,9 +66,31 @@ def up(home: str | None, services_only: bool) -> None:
         service = stack.services[name]
         word = "started" if started[name] else "already up"
         click.echo(f"{name:<9} {word:<10} pid {service.pid():<7} {service.address}")
-    click.echo(f"ready in {time.monotonic() - began:.1f}s; state in {stack.home}")
-    click.echo(f"\nsettings:  . {env_file}")
-    click.echo(f"log in:    export RACK_URL=http://convox:{stack.password}@127.0.0.1:{stack.ports['api']}")
+    click.echo(f"ready in {time.monotonic() - began:.1f}s; state in {stack.home}; settings: . {env_file}")
+    if not services_only:
+        _next_steps(stack)
+
+
+def _next_steps(stack: Stack) -> None:
+    """The exact lines to paste to use the rack from a shell, and three commands to try."""
+    api = f"127.0.0.1:{stack.ports['api']}"
+    click.echo(
+        "\nUse this rack from your shell (`convox` lives in the checkout's .venv/bin):\n"
+        f'    export PATH="{venv_bin()}:$PATH"\n'
+        f"    export RACK_URL=http://convox:{stack.password}@{api}\n"
+        f"  or remember it as a named rack: convox login {api} --name local  (password: {stack.password})\n"
+        "Then try:\n"
+        "    convox apps create myapp\n"
+        f"    convox deploy {CHECKOUT / 'examples' / 'myapp'} -a myapp\n"
+        "    convox builds -a myapp"
+    )
+
+
+@main.command(name="next-steps")
+@home_option
+def next_steps(home: str | None) -> None:
+    """Print the lines to paste to use the local rack, and commands to try."""
+    _next_steps(local_stack(home))
 
 
 @main.command()

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 import urllib.request
 
@@ -16,6 +17,7 @@ import redis
 from click.testing import CliRunner
 
 from rack_stack import SERVICES, Stack, procs
+from rack_stack.app import CHECKOUT
 from rack_stack.cli import main
 from tests.helpers import run_image
 
@@ -42,6 +44,26 @@ def test_cli_env_prints_shell_exports(tmp_path):
     assert "export RACK_API_URL=http://127.0.0.1:2345\n" in result.output
     assert "export RACK_DATABASE_URL=postgresql://rack@127.0.0.1:15432/rack\n" in result.output
     assert (tmp_path / "s" / "rack.env").read_text() == result.output
+
+
+def test_next_steps_are_lines_to_paste(tmp_path):
+    home = tmp_path / "s"
+    result = CliRunner().invoke(main, ["next-steps", "--home", str(home)], env={"RACK_API_PORT": "2345"})
+    assert result.exit_code == 0, result.output
+    password = (home / "password").read_text().strip()
+    lines = result.output.splitlines()
+    path_line = f'    export PATH="{CHECKOUT / ".venv" / "bin"}:$PATH"'
+    assert path_line in lines
+    assert f"    export RACK_URL=http://convox:{password}@127.0.0.1:2345" in lines
+    tries = lines[lines.index("Then try:") + 1 :]
+    assert [t.split()[:2] for t in tries] == [["convox", "apps"], ["convox", "deploy"], ["convox", "builds"]]
+    convox = subprocess.run(  # the PATH line finds this checkout's convox, not another one
+        ["bash", "-c", path_line.strip() + " && command -v convox"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert convox.stdout.strip() == str(CHECKOUT / ".venv" / "bin" / "convox")
 
 
 @pytest.mark.docker
