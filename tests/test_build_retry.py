@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import pytest
@@ -32,8 +33,10 @@ def test_a_lost_workers_build_is_retried_once_on_another_worker(
     stream = BuildLog(rack.redis, build_id)
     with Workers(env, tmp_path) as workers:
         pair = workers.start("wa", "wb")
-        ran = f"\nrun-{token}-".encode()  # the step's output, not the step's own line
-        wait_for(lambda: ran in stream.text(), timeout=30, what="the first attempt's step to print")
+        ran = re.compile(rf"run-{token}-[0-9a-f]{{8}}-[0-9a-f-]+")  # the step's output, not its own line
+        wait_for(
+            lambda: ran.search(stream.text().decode()), timeout=30, what="the first attempt's step to print"
+        )
         first = builds.get(rack, "retry", build_id)
         [victim] = [w for w in pair if first["process"].startswith(f"{w.name}@")]
         [survivor] = [w for w in pair if w is not victim]
@@ -57,10 +60,10 @@ def test_a_lost_workers_build_is_retried_once_on_another_worker(
     before, mark, after = stored.partition("--- attempt 2 of 2 starts here: the worker running this build")
     assert mark, stored
     assert f"({first['process']}) stopped responding" in after.splitlines()[0]
-    runs = [line for line in stored.splitlines() if line.startswith(f"run-{token}-")]
+    runs = ran.findall(stored)
     assert len(runs) == 2 and runs[0] != runs[1]  # each attempt ran the step once
     assert runs[0] in before and runs[1] in after
-    assert "Step 1/2 : FROM busybox" in before and "Step 1/2 : FROM busybox" in after
+    assert "Building: web\n" in before and "Building: web\n" in after
     assert client.get(f"/apps/retry/builds/{build_id}").get_json()["attempt"] == 2
     info = CliRunner().invoke(main, ["builds", "info", build_id, "-a", "retry"], catch_exceptions=False)
     assert "Attempt      2" in info.output.splitlines(), info.output

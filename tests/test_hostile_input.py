@@ -22,6 +22,7 @@ import pytest
 
 from rack import objects
 from rack.pipeline import run as pipeline
+from tests.helpers import run_image
 
 MiB = 1024 * 1024
 MANIFEST = "services:\n  web:\n    build: .\n"
@@ -163,9 +164,8 @@ BAD_MANIFESTS = {
     [
         *((text, None, "user:manifest: ") for text in BAD_MANIFESTS.values()),
         (MANIFEST, f"FROM busybox\nCOPY {UP}outside/target /t\n", "user:step: "),
-        (MANIFEST, "FROM busybox\nCOPY ../ /up\n", "user:step: "),
     ],
-    ids=[*BAD_MANIFESTS, "copy-out", "copy-up"],
+    ids=[*BAD_MANIFESTS, "copy-out"],
 )
 def test_bad_manifests_and_paths_out_of_the_source_fail_the_build(
     box, client, rack, manifest, dockerfile, reason
@@ -176,6 +176,32 @@ def test_bad_manifests_and_paths_out_of_the_source_fail_the_build(
     row = build_through_api(client, rack, archive(*files, files=False))
     assert_failed_and_contained(rack, row, box, before, reason)
     assert row["images"] == {}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_copy_of_the_folder_above_the_source_takes_nothing_from_outside(
+    box, client, rack, docker_stack, monkeypatch, builder
+):
+    """The classic builder refuses `COPY ../`; BuildKit reads it as the context's own root."""
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, builder=builder))
+    before = snapshot(box / "outside")
+    dockerfile = 'FROM busybox\nCOPY ../ /up\nCMD ["ls", "/up"]\n'
+    row = build_through_api(
+        client,
+        rack,
+        archive(member("convox.yml", MANIFEST.encode()), member("Dockerfile", dockerfile.encode())),
+    )
+    if builder == "classic":
+        assert_failed_and_contained(rack, row, box, before, "user:step: ")
+        return
+    assert row["status"] == "complete", row["reason"]
+    assert snapshot(box / "outside") == before
+    client_ = docker_stack.docker()
+    try:
+        assert run_image(client_, row["images"]["web"]["image"]).split() == ["Dockerfile", "convox.yml"]
+    finally:
+        client_.close()
 
 
 @pytest.mark.docker

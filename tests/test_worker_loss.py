@@ -131,7 +131,7 @@ def test_sigkill_mid_build_fails_worker_lost_with_the_log_kept(
     with objects.open_object(rack, "lost", key) as fh:
         stored = fh.read()
     assert stored.startswith(printed)
-    assert b"Step 1/2 : FROM busybox\n" in stored
+    assert b"Building: web\n" in stored
     assert f"before {token}\n".encode() in stored
     assert stored.endswith(f"ERROR: {done['reason']}\n".encode())
     assert stream.last_entry().end_status == "failed"

@@ -11,6 +11,7 @@ inspection stay on the docker SDK (`classic.Engine`).
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import re
@@ -47,6 +48,15 @@ _LLB_PREFIXES = (
     "failed to create LLB definition: ",
 )
 _OPS = ("RUN", "COPY", "ADD", "WORKDIR")  # the instructions BuildKit numbers as steps, besides FROM
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls into it
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_worker() -> None:
+    """In the client's process, before exec: get SIGTERM (cancel the build) when the worker dies."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def build_network(settings: Settings) -> str:
@@ -334,6 +344,7 @@ class Engine(classic.Engine):
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # its own process group: a stop kills the client, not the worker
+                preexec_fn=_die_with_the_worker,  # and a worker killed outright takes its build with it
             )
         except OSError as exc:
             raise BuildPlatformError(Reason.ENGINE, f"can not run the docker client {DOCKER}: {exc}") from exc
