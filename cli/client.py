@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli.settings import Endpoint, current
+from rack import __version__
 
 if TYPE_CHECKING:  # imported when a command first talks to the rack: `convox --version` starts sooner
     import requests
@@ -23,7 +24,7 @@ class RackClient:
         self.endpoint = endpoint or current()
         self.session = requests.Session()
         self.session.auth = ("convox", self.endpoint.password)
-        self.session.headers["User-Agent"] = "rack-convox/3.0.0"
+        self.session.headers["User-Agent"] = f"rack-convox/{__version__}"
         self.timeout = timeout
 
     def url(self, path: str) -> str:

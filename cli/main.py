@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rack import __version__  # rack/__init__.py alone: no domain module is loaded
+
 import cli.exports  # noqa: F401  (adds `builds export` and `builds import`)
 import cli.external  # noqa: F401  (adds `builds import-image`)
 from cli import (
@@ -23,7 +25,7 @@ from cli.webhooks import webhooks  # also adds `apps webhook`
 
 
 @click.group()
-@click.version_option("3.0.0", prog_name="convox")
+@click.version_option(__version__, prog_name="convox")
 def main() -> None:
     """Build and release apps on a rack."""
 

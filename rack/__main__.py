@@ -6,6 +6,7 @@ import click
 
 from rack.config import load_settings
 from rack.db import Database
+from rack.migrate import NoMigrations
 from rack.migrate import migrate as apply_migrations
 
 
@@ -21,6 +22,8 @@ def migrate() -> None:
     db = Database(settings.database_url)
     try:
         done = apply_migrations(db)
+    except NoMigrations as exc:
+        raise click.ClickException(exc.message) from None
     finally:
         db.close()
     click.echo(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else ""))

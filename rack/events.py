@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
-from rack import apps
+from rack import __version__, apps
 from rack.context import Rack
 from rack.errors import BadGateway, Invalid, NotFound
 from rack.ids import check_id, new_id
@@ -132,7 +132,7 @@ def deliver(rack: Rack, hook_id: str, body: str) -> bool:
         return False
     headers = {
         "Content-Type": "application/json",
-        "User-Agent": "rack-events/3.0.0",
+        "User-Agent": f"rack-events/{__version__}",
         "Convox-Signature": signature(hook["secret"], body, at=int(time.time())),
     }
     try:

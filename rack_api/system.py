@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
+from rack import __version__
 from rack_api.params import as_json, rack
 
 bp = Blueprint("system", __name__)
-VERSION = "3.0.0"
+VERSION = __version__
 
 
 @bp.get("/check")

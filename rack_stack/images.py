@@ -31,7 +31,7 @@ from rack_stack.procs import StartError
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 DOCKERFILE = CHECKOUT / "deploy" / "images" / "Dockerfile"
-SOURCES = ("rack", "rack_api", "rack_worker", "cli", "migrations", "pyproject.toml")
+SOURCES = ("rack", "rack_api", "rack_worker", "cli", "pyproject.toml")  # migrations: inside rack/
 DOCKER_CLIENT = "/usr/bin/docker"  # Debian's 20.10 client: it drives the engine's BuildKit without buildx
 TARGETS = ("api", "worker")
 DEFAULT_CACHE = Path("/var/cache/rack-images")
