@@ -50,6 +50,11 @@ class Settings:
     builder: str = "buildkit"  # or "classic": the engine's classic builder, for an engine without BuildKit
     build_parallel: int = 2  # services of one build built side by side
     log_stream_ttl: int = 3600
+    api_workers: int = 2  # gunicorn processes serving the API
+    log_followers_max: int = 1000  # open log streams per API process; past it 503 with Retry-After
+    header_timeout: int = 10  # seconds a client has to send a request's headers
+    idle_timeout: int = 60  # seconds a read or write of a request or response may make no progress
+    connections_per_address: int = 256  # per API process
     log_max_bytes: int = 64 * 1024 * 1024  # a build's log; past it output is dropped and the cut noted
     metrics_token: str = field(default="", repr=False)  # Bearer token for /metrics; "" = the rack password
     metrics_port: int = 0  # each worker serves /metrics on this port; 0 = not at all

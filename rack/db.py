@@ -12,6 +12,8 @@ import psycopg2.pool
 
 from rack.errors import Unavailable
 
+POOL_WAIT = 30.0  # seconds a transaction waits for a free connection
+
 
 class _LazyPool(psycopg2.pool.ThreadedConnectionPool):
     """Open connections only when needed, and keep every one handed back for reuse.
@@ -32,6 +34,9 @@ class Database:
         self.maxconn = maxconn
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._lock = threading.Lock()
+        # psycopg2's pool raises when all its connections are out; wait for one instead (hundreds of
+        # greenlets may want one at once), but not for ever
+        self._free = threading.BoundedSemaphore(maxconn)
 
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         with self._lock:
@@ -42,20 +47,25 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.connection]:
         """Yield a connection in a transaction: commit on success, roll back on error."""
+        if not self._free.acquire(timeout=POOL_WAIT):
+            raise Unavailable(f"all {self.maxconn} database connections stayed busy for {POOL_WAIT}s")
         try:
-            pool = self._get_pool()
-            conn = self._live_connection(pool)
-        except psycopg2.OperationalError as exc:
-            raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
-        broken = False
-        try:
-            with conn:
-                yield conn
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            broken = True
-            raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
+            try:
+                pool = self._get_pool()
+                conn = self._live_connection(pool)
+            except psycopg2.OperationalError as exc:
+                raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
+            broken = False
+            try:
+                with conn:
+                    yield conn
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                broken = True
+                raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
+            finally:
+                pool.putconn(conn, close=broken or conn.closed != 0)
         finally:
-            pool.putconn(conn, close=broken or conn.closed != 0)
+            self._free.release()
 
     def _live_connection(self, pool):
         """Take a pooled connection that still answers; drop those a database restart broke."""

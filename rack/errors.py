@@ -69,6 +69,12 @@ class Unavailable(RackError):
     status = 503
 
 
+class AtCapacity(Unavailable):
+    """This process is at a limit (e.g. of open log streams); the client should retry shortly."""
+
+    retry_after = 5
+
+
 class BuildError(RackError):
     """A build failed; `code` is a stable `Reason` (see rack/reasons.py), the message is for a person."""
 

@@ -25,7 +25,10 @@ def error_response(message: str, status: int):
 def init_app(app: Flask) -> None:
     @app.errorhandler(RackError)
     def rack_error(exc: RackError):
-        return error_response(exc.message, exc.status)
+        body, status, headers = error_response(exc.message, exc.status)
+        if retry_after := getattr(exc, "retry_after", None):
+            headers["Retry-After"] = str(retry_after)
+        return body, status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -33,7 +33,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
-from rack.errors import Invalid, RackError
+from rack.errors import AtCapacity, Invalid, RackError
 from rack.logs import reader
 from rack_api.params import param, rack
 
@@ -41,29 +41,86 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("logs", __name__)
 FRAME = 64 * 1024
+PING_INTERVAL = 30  # seconds: a websocket client that stops answering pings is dropped
+# A follower looks for a client gone every BLOCK_MS; the process's one reader of a build's stream looks at
+# the build row every POLL_MS (an end its worker could not write).
+POLL_MS = 2_000
+BLOCK_MS = 1_000
 
 
 def logs(app: str, build_id: str):
     """Stream a build's log: websocket frames on an upgrade, chunked text otherwise."""
     upgrade = request.url_rule is not None and request.url_rule.websocket  # werkzeug saw `Upgrade: websocket`
     client = _Client()
+    # past the cap a plain 503 with Retry-After, even to a websocket handshake: clients retry that
+    release = _FOLLOWERS.take(rack().settings.log_followers_max)
     try:
         offset_given = param("offset", header=True)
         offset = _offset(offset_given)
         follow = (param("follow", "true", header=True) or "true").lower() != "false"
-        stream = reader.read_log(rack(), app, build_id, offset=offset, follow=follow, stop=client.gone)
     except RackError as exc:
+        release()
         if upgrade:  # as Convox does: upgrade, then `ERROR: …` and the end frame (not a bad handshake)
             return _websocket_error(exc.message)
         raise
+    try:
+        stream = reader.read_log(
+            rack(),
+            app,
+            build_id,
+            offset=offset,
+            follow=follow,
+            stop=client.gone,
+            poll_ms=POLL_MS,
+            block_ms=BLOCK_MS,
+        )
+    except RackError as exc:
+        release()
+        if upgrade:
+            return _websocket_error(exc.message)
+        raise
+    except BaseException:
+        release()
+        raise
     notices = offset_given is None
     if upgrade:
-        return _websocket(stream, client, notices)
+        try:
+            return _websocket(stream, client, notices)
+        finally:
+            release()
     client.sock = _http_socket(request.environ)
     body = stream_with_context(_chunks(stream, notices))
     headers = {"X-Build-Status": stream.build["status"], "Cache-Control": "no-store"}
     headers["X-Accel-Buffering"] = "no"  # a proxy such as nginx passes each line on as it comes
-    return Response(body, mimetype="text/plain", headers=headers)
+    response = Response(body, mimetype="text/plain", headers=headers)
+    response.call_on_close(release)
+    return response
+
+
+class _Followers:
+    """Count this process's open log streams, refusing one past the limit with 503 and Retry-After."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def take(self, limit: int):
+        with self._lock:
+            if self.open >= limit:
+                raise AtCapacity(f"this API process already streams {self.open} logs; try again shortly")
+            self.open += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released, self.open = True, self.open - 1
+
+        return release
+
+
+_FOLLOWERS = _Followers()
 
 
 def _offset(raw: str | None) -> int:
@@ -126,8 +183,11 @@ def _upgrade() -> _SendOnly:
     environ = dict(request.environ)
     for key in ("werkzeug.socket", "gunicorn.socket"):
         if key in environ:
+            # a follower may stay quiet for as long as the build does: pings, not a read timeout, keep
+            # the connection honest
+            environ[key].settimeout(None)
             environ[key] = _SerialSocket(environ[key])
-    return _SendOnly(environ)
+    return _SendOnly(environ, ping_interval=PING_INTERVAL)
 
 
 def _websocket_error(message: str) -> Response:

@@ -61,9 +61,8 @@ class Api(_AppService):
         self.migrate()
         argv = [
             venv_bin() / "gunicorn",
+            "--config", "python:rack_api.server",  # gevent workers: see rack_api/server.py
             "--bind", f"127.0.0.1:{self.port}",
-            "--worker-class", "gthread", "--threads", "16", "--workers", "2",
-            "--timeout", "0",
             WSGI_APP,
         ]  # fmt: skip
         return procs.spawn(argv, log=self.log, pidfile=self.pidfile, env=self._env(), cwd=CHECKOUT)

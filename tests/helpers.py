@@ -188,12 +188,16 @@ def free_port() -> int:
 
 
 def start_api(env: Mapping[str, str], *, log_dir: Path, port: int | None = None) -> Proc:
-    """Start the API under gunicorn (gthread, as production) and wait until it answers; `.url` is set."""
+    """Start the API under gunicorn (gevent workers, as production); wait until it answers; `.url` is set."""
     port = port or free_port()
     argv = [
-        BIN / "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
-        "--threads", "16", "--workers", "2", "--timeout", "0", "rack_api.wsgi:app",
-    ]  # fmt: skip
+        BIN / "gunicorn",
+        "--config",
+        "python:rack_api.server",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "rack_api.wsgi:app",
+    ]
     proc = Proc("api", argv, env, log_dir / "api.log")
     proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30

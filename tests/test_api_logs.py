@@ -212,7 +212,7 @@ def test_a_follower_that_leaves_a_quiet_log_frees_its_server_thread(live_server,
     wait_for(lambda: serving() == 0, timeout=3)  # no more lines come: only noticing the client ends them
 
 
-def test_websocket_and_chunked_under_gunicorn_gthread(gunicorn_server, sim):
+def test_websocket_and_chunked_under_gunicorn(gunicorn_server, sim):
     build = sim()
     followers = [Follower(gunicorn_server, build, ws=ws) for ws in (True, False, True)]
     for follower in followers:

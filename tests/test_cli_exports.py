@@ -38,7 +38,7 @@ def build(rack, app: str, folder: Path, **options) -> dict:
 
 @pytest.fixture
 def gunicorn(docker_stack, settings, tmp_path):
-    """The API as production runs it (gunicorn, gthread), on this test's object store."""
+    """The API as production runs it (gunicorn, gevent workers), on this test's object store."""
     api = start_api(rack_env(docker_stack.env, storage=settings.storage), log_dir=tmp_path)
     yield api
     api.stop()

@@ -66,7 +66,14 @@ def test_api_image_answers_check_and_the_worker_image_builds_the_example(docker_
         migrate = _run(client, rack_images["api"], env=env, command=["python", "-m", "rack", "migrate"])
         containers.append(migrate)
         assert migrate.wait(timeout=60)["StatusCode"] == 0, _logs(migrate)
-        bind = ["gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "rack_api.wsgi:app"]
+        bind = [
+            "gunicorn",
+            "--config",
+            "python:rack_api.server",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "rack_api.wsgi:app",
+        ]
         api = _run(client, rack_images["api"], env=env, command=bind, volumes=mounts)
         containers.append(api)
         # The image's own command, with a name to find its builds by.

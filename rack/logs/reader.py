@@ -22,6 +22,7 @@ from rack import metrics, objects
 from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import Invalid, NotFound
+from rack.logs import tail
 from rack.logs.stream import BuildLog
 
 CHUNK = 64 * 1024
@@ -101,29 +102,36 @@ def _read(
     if row["status"] == "created":
         yield Notice(WAITING.format(id=row["id"]))
     log = BuildLog(rack.redis, row["id"])
-    after = "0-0"
-    checked = time.monotonic()
-    while True:
-        if follow and stop is not None and stop():
-            return
-        if follow and time.monotonic() - checked >= poll_s:
-            checked = time.monotonic()
-            row = builds.get(rack, row["app"], row["id"])
-            if row["status"] in builds.FINAL:
-                # Ended without an end entry yet: serve the rest of what is stored, whichever store holds it.
-                yield from _final(rack, row, cursor, start=cursor.pos)
+    if not follow:  # what the stream holds now
+        after = "0-0"
+        while entries := log.read(after=after, count=BATCH):
+            if data := cursor.take(b"".join(entry.data for entry in entries)):
+                yield data
+            if entries[-1].end_status is not None:
                 return
-        entries = log.read(after=after, block_ms=block_ms if follow else None, count=BATCH)
-        if not entries:
-            if follow:
-                continue
-            return
-        data = cursor.take(b"".join(entry.data for entry in entries))
-        if data:
-            yield data
-        if entries[-1].end_status is not None:
-            return
-        after = entries[-1].id
+            after = entries[-1].id
+        return
+
+    def final_row() -> dict | None:
+        latest = builds.get(rack, row["app"], row["id"])
+        return latest if latest["status"] in builds.FINAL else None
+
+    with tail.follow(log, block_ms=block_ms, poll=final_row, poll_s=poll_s) as shared:
+        index = 0
+        while True:
+            if stop is not None and stop():
+                return
+            entries, final = shared.wait(index, block_ms / 1000)
+            if entries:
+                index += len(entries)
+                if data := cursor.take(b"".join(entry.data for entry in entries)):
+                    yield data
+                if entries[-1].end_status is not None:
+                    return
+            elif final is not None:
+                # Ended without an end entry yet: serve the rest of what is stored, whichever holds it.
+                yield from _final(rack, final, cursor, start=cursor.pos)
+                return
 
 
 def _final(rack: Rack, row: dict, cursor: _Cursor, *, start: int | None = None) -> Iterator[bytes | Notice]:

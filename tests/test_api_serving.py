@@ -1,0 +1,242 @@
+"""The API as production serves it (gunicorn, gevent workers): log followers cost connections, not
+threads; slow and stalled clients are cut off; no client can keep others from being answered."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import socket
+import threading
+import time
+import types
+
+import pytest
+import requests
+
+from tests.helpers import SimBuild, basic, rack_env, start_api, wait_for
+from tests.test_api_logs import Follower
+
+
+@pytest.fixture
+def serve(stack, settings, tmp_path):
+    """Start the API under gunicorn with these settings; stopped at the end."""
+    started = []
+
+    def start(**limits):
+        api = start_api(rack_env(stack.env, storage=settings.storage, **limits), log_dir=tmp_path)
+        api.password = settings.password  # type: ignore[attr-defined]
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.stop()
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+class Load(threading.Thread):
+    """Ask GET /apps and POST builds in turn until stopped, recording each answer's status and time."""
+
+    def __init__(self, api, url: str) -> None:
+        super().__init__(daemon=True)
+        self.api, self.url, self.auth = api, url, basic(api.password)
+        self.times: dict[str, list[float]] = {"GET /apps": [], "POST builds": []}
+        self.statuses: list[int] = []
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        session = requests.Session()
+        while not self.done.is_set():
+            for what, call in (
+                ("GET /apps", lambda: session.get(f"{self.api.url}/apps", headers=self.auth, timeout=10)),
+                (
+                    "POST builds",
+                    lambda: session.post(
+                        f"{self.api.url}/apps/logs/builds",
+                        data={"url": self.url},
+                        headers=self.auth,
+                        timeout=10,
+                    ),
+                ),
+            ):
+                began = time.monotonic()
+                self.statuses.append(call().status_code)
+                self.times[what].append(time.monotonic() - began)
+            time.sleep(0.02)
+
+
+def _follow(api_url: str, password: str, app: str, build_id: str, count: int, out) -> None:
+    """In a child process: follow a log `count` times at once (websocket and chunked in turn)."""
+    server = types.SimpleNamespace(url=api_url, password=password)
+    build = types.SimpleNamespace(app=app, id=build_id)
+    followers = [Follower(server, build, ws=i % 2 == 0) for i in range(count)]  # type: ignore[arg-type]
+    for follower in followers:
+        follower.connected.wait(60)
+    out.put("connected")
+    results = []
+    for follower in followers:
+        follower.join(120)
+        results.append((follower.ended, hashlib.sha256(follower.data).hexdigest()))
+    out.put(results)
+
+
+def test_300_followers_get_every_byte_while_the_api_keeps_answering(serve, rack, sim):
+    api = serve(connections_per_address=1000)
+    build: SimBuild = sim()
+    build.start()
+    for _ in range(6):  # each API process loads Celery on its first enqueue: not what is measured here
+        requests.post(
+            f"{api.url}/apps/logs/builds",
+            data={"url": "object://logs/tmp/src.tgz"},
+            headers=basic(api.password),
+        )
+    # the followers run in child processes, so that the test's own threads do not slow its measurements
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    children = [
+        ctx.Process(target=_follow, args=(api.url, api.password, "logs", build.id, 150, queue), daemon=True)
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    assert [queue.get(timeout=60) for _ in children] == ["connected", "connected"]
+    load = Load(api, "object://logs/tmp/src.tgz")
+    writer = build.log.writer()  # batched as a worker writes: the lines of each few ms in one entry
+    for i in range(3000):  # lines over about three seconds, followed all along
+        writer.write(f"Step {i}: RUN echo héllo ✓ {'x' * (i % 50)}\n")
+        if i % 30 == 29:
+            time.sleep(0.03)
+    writer.close()
+    load.done.set()
+    load.join(30)
+    build.finish()
+    expected = build.expected()
+    results = [result for _ in children for result in queue.get(timeout=120)]
+    for child in children:
+        child.join(10)
+    report = ", ".join(f"{what} p99 {p99(t) * 1000:.0f} ms over {len(t)}" for what, t in load.times.items())
+    print(f"\n300 followers (150 websocket, 150 chunked) of a {len(expected)}-byte log: {report}")
+    digest = hashlib.sha256(expected).hexdigest()
+    assert len(results) == 300
+    assert sum(1 for ended, got in results if ended and got == digest) == 300
+    assert load.statuses and set(load.statuses) == {200}
+    assert min(len(t) for t in load.times.values()) >= 5  # the API answered throughout, not once at the end
+
+
+def test_followers_past_the_per_process_cap_get_503_and_retry_after(serve, rack, sim):
+    api = serve(log_followers_max=3, api_workers=1)
+    build: SimBuild = sim()
+    build.start()
+    held = [Follower(api, build, ws=i == 0) for i in range(3)]
+    for follower in held:
+        assert follower.connected.wait(10)
+    path = f"{api.url}/apps/logs/builds/{build.id}/logs"
+    refused = requests.get(path, headers=basic(api.password), timeout=10)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert "already streams 3 logs" in refused.json()["error"]
+    assert requests.get(f"{api.url}/apps", headers=basic(api.password), timeout=10).status_code == 200
+    build.write("the end\n")
+    build.finish()
+    for follower in held:
+        assert follower.result() == b"the end\n"
+    again = wait_for(
+        lambda: (r := requests.get(path, headers=basic(api.password), timeout=10)).status_code == 200 and r,
+        timeout=10,
+        what="a slot freed by the followers that ended",
+    )
+    assert again.content == b"the end\n"
+
+
+def connect_from(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+class Slow(threading.Thread):
+    """A client that sends `head`, then a byte every `every` seconds, until the server answers or hangs up."""
+
+    def __init__(self, address: str, port: int, head: bytes, drip: bytes, every: float) -> None:
+        super().__init__(daemon=True)
+        self.answer: bytes | None = None
+        self.sock = connect_from(address, port)
+        self.head, self.drip, self.every = head, drip, every
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.sock.sendall(self.head)
+            for byte in self.drip:
+                self.sock.setblocking(False)
+                try:
+                    if (data := self.sock.recv(65536)) is not None:
+                        self.answer = data
+                        return
+                except BlockingIOError:
+                    pass
+                self.sock.setblocking(True)
+                self.sock.sendall(bytes([byte]))
+                time.sleep(self.every)
+            self.answer = self.sock.recv(65536)
+        except OSError:
+            self.answer = b""  # reset by the server
+        finally:
+            self.sock.close()
+
+
+def test_slow_headers_and_stalled_uploads_are_cut_off_while_others_are_answered(serve, rack):
+    api = serve(header_timeout=2, idle_timeout=3, connections_per_address=40)
+    port = int(api.url.rsplit(":", 1)[1])
+    auth = basic(api.password)
+    assert requests.post(f"{api.url}/apps", data={"name": "slow"}, headers=auth).status_code == 200
+    slow = [
+        Slow("127.0.0.2", port, b"GET /check HTTP/1.1\r\n", b"X-Slow: " + b"a" * 200, 0.5) for _ in range(50)
+    ]
+    upload = (
+        "POST /apps/slow/objects/tmp/stalled.tgz HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {auth['Authorization']}\r\nContent-Length: 1000000\r\n\r\n"
+    ).encode() + b"x" * 1000
+    stalled = [Slow("127.0.0.3", port, upload, b"", 0) for _ in range(20)]
+    statuses, began = [], time.monotonic()
+    while any(c.is_alive() for c in slow + stalled) and time.monotonic() - began < 30:
+        statuses.append(requests.get(f"{api.url}/check", timeout=5).status_code)
+        statuses.append(requests.get(f"{api.url}/apps", headers=auth, timeout=5).status_code)
+        time.sleep(0.1)
+    print(
+        f"\n{len(statuses)} requests answered while 50 slow-header clients and 20 stalled uploads were cut"
+    )
+    assert set(statuses) == {200}
+    assert len(statuses) >= 10
+    for client in slow + stalled:
+        client.join(5)
+        assert not client.is_alive(), "a slow client was never cut off"
+    # the slow-header clients were dropped (or refused at the per-address cap), never answered 200
+    assert all(not c.answer or c.answer.startswith(b"HTTP/1.1 503") for c in slow), [
+        c.answer[:40] for c in slow
+    ]
+    assert any(c.answer == b"" for c in slow)  # cut off at the header timeout
+    assert all(c.answer.startswith(b"HTTP/1.1 400") for c in stalled), [c.answer[:60] for c in stalled]
+    assert b"cut short" in stalled[0].answer
+    assert requests.head(f"{api.url}/apps/slow/objects/tmp/stalled.tgz", headers=auth).status_code == 404
+
+
+def test_one_address_holds_at_most_its_share_of_connections(serve, rack):
+    api = serve(connections_per_address=3, api_workers=1)
+    port = int(api.url.rsplit(":", 1)[1])
+    held = [connect_from("127.0.0.4", port) for _ in range(3)]
+    time.sleep(0.2)  # let the server take them
+    extra = connect_from("127.0.0.4", port)
+    answer = extra.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"Retry-After: 5" in answer
+    assert requests.get(f"{api.url}/check", timeout=5).status_code == 200  # another address is served
+    for sock in [*held, extra]:
+        sock.close()
