@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from rack.logs.stream import BuildLog, Entry
 
 BATCH = 256
+COALESCE_S = 0.02
 
 
 class Tail:
@@ -53,6 +54,8 @@ class Tail:
                         self.ended = new[-1].end_status is not None
                     self.final = final
                     self._cond.notify_all()
+                if new and not self.ended:
+                    time.sleep(COALESCE_S)  # let lines gather: followers wake (and send) at most this often
         except Exception as exc:  # Redis or Postgres away, the app deleted: every follower is told
             with self._cond:
                 self.error = exc
