@@ -324,3 +324,30 @@ def test_every_page_fits_a_phone_and_works_by_keyboard(chromium, server, context
     assert "Releases" in focused and "Sign out" in focused
     screenshot(page, "console-app-phone")
     phone.close()
+
+
+def test_under_gunicorn_the_page_follows_a_log_as_lines_arrive(chromium, gunicorn_server, sim):
+    """The production server (gunicorn, gevent): session cookie on the log websocket, lines as they come."""
+    build = sim()
+    build.start()
+    build.write("\x1b[32mfirst line\x1b[0m\n")
+    ctx = chromium.new_context(base_url=gunicorn_server.url)
+    page = ctx.new_page()
+    try:
+        page.goto(f"/console/apps/logs/builds/{build.id}")
+        page.fill("#password", gunicorn_server.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"**/console/apps/logs/builds/{build.id}")
+        wait_for(lambda: "first line\n" in page.text_content("#log"), timeout=30, what="the first line")
+        assert page.text_content("#log span.ansi-fg-2") == "first line"
+        build.write("second line\n")
+        wait_for(
+            lambda: "second line\n" in page.text_content("#log"), timeout=30, what="a line written later"
+        )
+        assert page.get_attribute("#log", "data-complete") is None  # still following
+        build.finish("failed", reason="user:step: it broke")
+        page.wait_for_selector("#log[data-complete=true]", timeout=30000)
+        wait_for(lambda: page.text_content("#status") == "failed", timeout=30, what="the final status")
+        assert page.text_content("#reason") == "user:step: it broke"
+    finally:
+        ctx.close()
