@@ -1,0 +1,226 @@
+"""Several worker hosts on one machine: each a network namespace with its own dockerd, joined by a bridge.
+
+The workers themselves run on the machine's network (they reach Postgres, Redis and the object store on
+loopback); each one's engine, and so every build step it runs, lives in a namespace of its own that sees
+none of the machine's loopback services. The only way out of a namespace is a relay on the bridge to the
+registry, which is what a build needs (push, pull, `FROM` the rack's images).
+
+Names and addresses derive from a key (a port of the stack that uses them), so stacks side by side do not
+collide: namespaces `rkh<key>-<n>`, bridge `rkb<key>`, subnet 10.<150+key%50>.<key//50%256>.0/24.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import selectors
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+from rack_stack import procs
+from rack_stack.dockerd import Dockerd
+from rack_stack.stack import Stack
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise procs.StartError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+class Network:
+    """A bridge on the machine and `count` namespaces attached to it, each with one address."""
+
+    def __init__(self, key: int, count: int) -> None:
+        self.key, self.count = key, count
+        self.subnet = ipaddress.ip_network(f"10.{150 + key % 50}.{key // 50 % 256}.0/24")
+        self.bridge = f"rkb{key}"
+        self.namespaces = [f"rkh{key}-{n}" for n in range(count)]
+
+    @property
+    def gateway(self) -> str:
+        """Return the machine's address on the bridge, which every namespace reaches."""
+        return str(self.subnet.network_address + 1)
+
+    def address(self, n: int) -> str:
+        return str(self.subnet.network_address + 2 + n)
+
+    def create(self) -> Network:
+        """Make the bridge and the namespaces (refusing a subnet some route of the machine already uses)."""
+        routes = json.loads(_ip("-j", "route").stdout or "[]")
+        for route in routes:
+            dst = route.get("dst", "")
+            if dst and dst != "default" and ipaddress.ip_network(dst, strict=False).overlaps(self.subnet):
+                raise procs.StartError(
+                    f"{self.subnet} is in use on this machine ({dst} via {route.get('dev')})"
+                )
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for n, ns in enumerate(self.namespaces):
+                outside, inside = f"rkv{self.key}-{n}", f"rkp{self.key}-{n}"
+                _ip("netns", "add", ns)
+                _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+                _ip("link", "set", inside, "netns", ns)
+                _ip("link", "set", outside, "master", self.bridge, "up")
+                _ip("-n", ns, "addr", "add", f"{self.address(n)}/{self.subnet.prefixlen}", "dev", inside)
+                _ip("-n", ns, "link", "set", inside, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except procs.StartError:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        """Remove the namespaces (their veths go with them) and the bridge; quiet about what is gone."""
+        for ns in self.namespaces:
+            _ip("netns", "delete", ns, check=False)
+        _ip("link", "delete", self.bridge, check=False)
+
+
+class Relay:
+    """Relay TCP connections from an address on the bridge to a service on the machine's loopback."""
+
+    def __init__(self, listen_host: str, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.create_server((listen_host, 0))
+        self.address = f"{listen_host}:{self.server.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, name="rack-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        pair = {client: upstream, upstream: client}
+        sel = selectors.DefaultSelector()
+        for sock in pair:
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout=0.5):
+                    data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    pair[key.fileobj].setblocking(True)  # type: ignore[index]
+                    pair[key.fileobj].sendall(data)  # type: ignore[index]
+                    pair[key.fileobj].setblocking(False)  # type: ignore[index]
+        except OSError:
+            return
+        finally:
+            sel.close()
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+
+
+class NamespacedDockerd(Dockerd):
+    """dockerd started inside a network namespace (nsenter: `ip netns exec` remounts /sys, which fails)."""
+
+    def __init__(self, stack: Stack, *, netns: str, insecure_registry: str) -> None:
+        super().__init__(stack)
+        self.netns, self.insecure_registry = netns, insecure_registry
+
+    def launch(self) -> int:
+        config = self.home / "dockerd.json"
+        config.write_text(json.dumps({"insecure-registries": [self.insecure_registry]}) + "\n")
+        (self.home / "docker").mkdir(exist_ok=True)
+        self.exec_root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "nsenter", f"--net=/var/run/netns/{self.netns}",
+            "dockerd",
+            "--config-file", config,
+            "--host", self.address,
+            "--data-root", self.home / "docker",
+            "--exec-root", self.exec_root,
+            "--pidfile", self.pidfile,
+            "--bridge", "none",
+            "--iptables=false",
+            "--ip-masq=false",
+        ]  # fmt: skip
+        return procs.spawn(argv, log=self.log, cwd=self.home)
+
+
+class Hosts:
+    """`count` worker hosts: a Network, a relay to the registry, and an engine per namespace.
+
+    `registry` is the address every host (and so every worker's RACK_REGISTRY) uses for the registry.
+    """
+
+    def __init__(self, root: Path, *, key: int, count: int, registry_port: int) -> None:
+        self.root = root
+        self.network = Network(key, count)
+        self.registry_port = registry_port
+        self.relay: Relay | None = None
+        self.engines: list[Stack] = []
+
+    @property
+    def registry(self) -> str:
+        assert self.relay is not None
+        return self.relay.address
+
+    def start(self) -> Hosts:
+        self.network.create()
+        try:
+            self.relay = Relay(self.network.gateway, self.registry_port)
+            for n, ns in enumerate(self.network.namespaces):
+                home = self.root / f"host{n}"
+                home.mkdir(parents=True, exist_ok=True)
+                home.chmod(0o755)
+                engine = Stack(home, fast=True)
+                engine.services["dockerd"] = NamespacedDockerd(
+                    engine, netns=ns, insecure_registry=self.registry
+                )
+                self.engines.append(engine)
+            errors = []
+            threads = [threading.Thread(target=self._start, args=(e, errors)) for e in self.engines]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise procs.StartError("\n".join(errors))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _start(engine: Stack, errors: list[str]) -> None:
+        try:
+            engine.start(["dockerd"])
+        except procs.StartError as exc:
+            errors.append(str(exc))
+
+    def docker_host(self, n: int) -> str:
+        return self.engines[n].env["RACK_DOCKER_HOST"]
+
+    def stop(self) -> None:
+        for engine in self.engines:
+            engine.stop(["dockerd"])
+            shutil.rmtree(engine.home, ignore_errors=True)
+        if self.relay is not None:
+            self.relay.close()
+        self.network.destroy()
