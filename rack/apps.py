@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl
 
+from rack import registry
 from rack.context import Rack
 from rack.errors import Conflict, Invalid, NotFound
 from rack.sql import apps as sql
@@ -145,3 +146,4 @@ def delete(rack: Rack, name: str) -> None:
         if not sql.delete(conn, name=name):
             raise NotFound(f"app not found: {name}")
     rack.store.delete_prefix(name)
+    registry.remove_app(rack.settings, name)  # the engines' copies go at their workers' next sweep

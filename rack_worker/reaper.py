@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import current_app
 from celery.signals import worker_ready, worker_shutdown
@@ -16,7 +17,7 @@ from rack import metrics
 from rack.builds import lifecycle
 from rack.config import load_settings
 from rack.context import Rack
-from rack.pipeline import folders
+from rack.pipeline import folders, leftovers
 from rack.sources import sweep
 from rack_worker import metrics as worker_metrics
 
@@ -28,8 +29,10 @@ _servers: list = []
 def reap_forever(rack: Rack, stop: threading.Event, *, worker: str = "") -> None:
     """Run the reaper every heartbeat interval until told to stop; outages only delay it.
 
-    Each round also records that this worker is alive (the metrics' worker heartbeats).
+    Each round also records that this worker is alive (the metrics' worker heartbeats); every
+    leftovers.SWEEP_INTERVAL it removes the engine's images of deleted apps.
     """
+    next_images = time.monotonic()
     while not stop.wait(rack.settings.heartbeat_interval):
         try:
             if worker:
@@ -41,6 +44,9 @@ def reap_forever(rack: Rack, stop: threading.Event, *, worker: str = "") -> None
             sweep.sweep_if_due(rack)
         except Exception:
             log.warning("source sweep failed", exc_info=True)
+        if time.monotonic() >= next_images:
+            next_images = time.monotonic() + leftovers.SWEEP_INTERVAL
+            leftovers.sweep_images(rack)  # never raises
 
 
 @worker_ready.connect

@@ -212,9 +212,7 @@ def test_slow_headers_and_stalled_uploads_are_cut_off_while_others_are_answered(
         statuses.append(requests.get(f"{api.url}/check", timeout=5).status_code)
         statuses.append(requests.get(f"{api.url}/apps", headers=auth, timeout=5).status_code)
         time.sleep(0.1)
-    print(
-        f"\n{len(statuses)} requests answered while 50 slow-header clients and 20 stalled uploads were cut"
-    )
+    print(f"\n{len(statuses)} requests answered while 50 slow-header clients and 20 stalled uploads were cut")
     assert set(statuses) == {200}
     assert len(statuses) >= 10
     for client in slow + stalled:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from rack import events, objects, releases
+from rack import events, objects, registry, releases
 from rack.builds import queue
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavailable
@@ -71,7 +71,21 @@ def _claimed(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | Non
         log.exception("build %s: recording its outcome failed", row["id"])
         done = _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
     events.build_ended(rack, done, promoted=bool(done and done.get("promoted")))
+    if done is not None:
+        _drop_source(rack, done)
     return done
+
+
+def _drop_source(rack: Rack, row: dict) -> None:
+    """Delete a finished build's uploaded source (under the app's `tmp/`), unless RACK_KEEP_SOURCES."""
+    url = row.get("source_url") or ""
+    if rack.settings.keep_sources or not url.startswith(f"object://{row['app']}/tmp/"):
+        return
+    try:
+        app, key = objects.parse_url(url)
+        rack.store.delete(f"{app}/{key}")
+    except Exception:  # a source left behind is only disk; the build's outcome stands
+        log.warning("build %s: its source %s could not be deleted", row["id"], url, exc_info=True)
 
 
 def _run(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | None:
@@ -247,7 +261,7 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
         out.close()
         return None
     reason = storable(out.build_log.masker.mask(error.reason))
-    fields: dict = {"images": run.images if run else {}}
+    fields: dict = {"images": {}}  # a failed build has no images, even those it pushed before failing
     if run is not None:
         fields["phases"] = run.phases.as_dict()
     if not out.closed:
@@ -265,4 +279,6 @@ def _fail(rack: Rack, row: dict, out: Output, error: BuildError, *, process: str
         return None
     if done is not None:
         _end_stream(rack, out, "failed")
+        if run is not None and run.images:
+            registry.remove_build_tags(rack.settings, row["app"], row["id"])
     return done

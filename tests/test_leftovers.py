@@ -1,0 +1,100 @@
+"""Nothing left behind: a build's uploaded source goes when it ends, a failed build's pushed tags go, and an
+app's images go from the registry when it is deleted and from the engines at their workers' sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rack import apps, objects
+from rack.pipeline import leftovers
+from rack.registry import Registry
+from tests.helpers import build, write_app
+
+pytestmark = pytest.mark.docker
+
+GOOD = {"Dockerfile": "FROM busybox\nRUN echo good > /good\n"}
+
+
+@pytest.fixture
+def lrack(docker_stack, rack, monkeypatch):
+    """The rack on the Docker stack, services built one after another."""
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, build_parallel=1))
+    return rack
+
+
+def tags(rack, app: str) -> list[str]:
+    with Registry(rack.settings) as registry:
+        return registry.tags(app)
+
+
+def source_kept(rack, row: dict) -> bool:
+    app, key = objects.parse_url(row["source_url"])
+    return rack.store.exists(f"{app}/{key}")
+
+
+def test_a_finished_build_leaves_no_source_unless_asked(lrack, tmp_path, monkeypatch):
+    apps.create(lrack, name="gone")
+    folder = write_app(tmp_path, {"convox.yml": "services:\n  web:\n    build: .\n", **GOOD})
+    row = build(lrack, "gone", folder)
+    assert row["status"] == "complete", row["reason"]
+    assert row["source_url"].startswith("object://gone/tmp/")
+    assert not source_kept(lrack, row)
+    monkeypatch.setattr(lrack, "settings", dataclasses.replace(lrack.settings, keep_sources=True))
+    kept = build(lrack, "gone", folder)
+    assert source_kept(lrack, kept)
+
+
+def test_a_build_failing_after_a_push_lists_no_images_and_leaves_no_tag(lrack, tmp_path):
+    apps.create(lrack, name="half")
+    folder = write_app(
+        tmp_path,
+        {
+            # services are pushed in order after all are built: the second one's pull fails after a push
+            "convox.yml": "services:\n  web:\n    build: .\n  bad:\n    image: nosuch/image:1\n",
+            **GOOD,
+        },
+    )
+    ok = build(
+        lrack, "half", write_app(tmp_path / "ok", {"convox.yml": "services:\n  web:\n    build: .\n", **GOOD})
+    )
+    assert ok["status"] == "complete", ok["reason"]
+    row = build(lrack, "half", folder)
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("user:image:"), row["reason"]
+    assert "Running: docker push" in _log(lrack, row)  # the first service was pushed before the failure
+    assert row["images"] == {}
+    assert [t for t in tags(lrack, "half") if t.endswith(row["id"])] == []
+    # the complete build's image stays, although the failed build pushed the same image
+    assert f"web.{ok['id']}" in tags(lrack, "half")
+    with Registry(lrack.settings) as registry:
+        assert registry.digest("half", f"web.{ok['id']}") == ok["images"]["web"]["digest"]
+
+
+def _log(rack, row: dict) -> str:
+    _, key = objects.parse_url(row["logs"])
+    with objects.open_object(rack, row["app"], key) as fh:
+        return fh.read().decode()
+
+
+def test_deleting_an_app_removes_its_images_from_the_registry_and_the_engine(lrack, tmp_path, docker_stack):
+    apps.create(lrack, name="doomed")
+    apps.create(lrack, name="stays")
+    folder = write_app(tmp_path, {"convox.yml": "services:\n  web:\n    build: .\n", **GOOD})
+    doomed, stays = build(lrack, "doomed", folder), build(lrack, "stays", folder)
+    assert doomed["status"] == stays["status"] == "complete"
+    assert tags(lrack, "doomed") == [f"web.{doomed['id']}"]
+    apps.delete(lrack, "doomed")
+    assert tags(lrack, "doomed") == []
+    assert tags(lrack, "stays") == [f"web.{stays['id']}"]
+    registry = lrack.settings.registry
+    removed = leftovers.sweep_images(lrack)
+    assert f"{registry}/doomed:web.{doomed['id']}" in removed
+    client = docker_stack.docker()
+    try:
+        local = {tag for image in client.images.list() for tag in image.tags}
+    finally:
+        client.close()
+    assert f"{registry}/doomed:web.{doomed['id']}" not in local
+    assert f"{registry}/stays:web.{stays['id']}" in local
