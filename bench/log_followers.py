@@ -178,12 +178,10 @@ def main() -> None:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
 
-    print(
-        f"API: gunicorn gevent workers; {attached} followers ({attached // 2} websocket, the rest chunked)"
-    )
+    print(f"API: gunicorn gevent workers; {attached} followers ({attached // 2} websocket, the rest chunked)")
     print(f"{'':14} {'no followers':>24} {f'{attached} followers':>24}")
     for what in base:
-        cells = [f"p50 {pct(t[what], 0.5):5.0f} ms  p99 {pct(t[what], 0.99):5.0f} ms" for t in (base, loaded)]  # noqa: E501
+        cells = [f"p50 {pct(t[what], 0.5):5.0f} ms  p99 {pct(t[what], 0.99):5.0f} ms" for t in (base, loaded)]
         print(
             f"{what:14} {cells[0]:>24} {cells[1]:>24}   p99 ratio {pct(loaded[what], 0.99) / pct(base[what], 0.99):.1f}x"
         )
