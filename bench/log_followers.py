@@ -182,9 +182,8 @@ def main() -> None:
     print(f"{'':14} {'no followers':>24} {f'{attached} followers':>24}")
     for what in base:
         cells = [f"p50 {pct(t[what], 0.5):5.0f} ms  p99 {pct(t[what], 0.99):5.0f} ms" for t in (base, loaded)]
-        print(
-            f"{what:14} {cells[0]:>24} {cells[1]:>24}   p99 ratio {pct(loaded[what], 0.99) / pct(base[what], 0.99):.1f}x"
-        )
+        ratio = pct(loaded[what], 0.99) / pct(base[what], 0.99)
+        print(f"{what:14} {cells[0]:>24} {cells[1]:>24}   p99 ratio {ratio:.1f}x")
     print(f"{'API RSS':14} {base_rss / 2**20:21.0f} MiB {loaded_rss / 2**20:21.0f} MiB")
     print(f"memory per follower: {(loaded_rss - base_rss) / max(attached, 1) / 1024:.0f} KiB")
     whole = sum(1 for n in received if n == expected)
