@@ -250,10 +250,11 @@ def test_a_cold_engine_reuses_the_layers_of_the_apps_previous_images(bk, tmp_pat
         tmp_path,
         {
             "convox.yml": "services:\n  web:\n    build: .\n",
-            "Dockerfile": f"FROM busybox\nRUN echo baking {random.random()} && sleep 1 > /baked\n",
+            # ROUND, declared after the step, changes the inputs but not the step's cache: each build is real
+            "Dockerfile": f"FROM busybox\nRUN echo baking {random.random()} && sleep 1 > /baked\nARG ROUND\n",
         },
     )
-    first = build(bk, "bk-other", folder)
+    first = build(bk, "bk-other", folder, build_args=["ROUND=1"])
     assert first["status"] == "complete", first["reason"]
     assert "baking" in build_log(bk, first).split("Running: docker push")[0]
     # Forget everything this engine knows of the build: its image and BuildKit's cache.
@@ -264,7 +265,7 @@ def test_a_cold_engine_reuses_the_layers_of_the_apps_previous_images(bk, tmp_pat
         capture_output=True,
         env={"DOCKER_CONFIG": str(tmp_path / "docker-config"), "PATH": "/usr/bin:/bin"},
     )
-    second = build(bk, "bk-other", folder)
+    second = build(bk, "bk-other", folder, build_args=["ROUND=2"])
     assert second["status"] == "complete", second["reason"]
     text = build_log(bk, second)
     assert "importing cache manifest from " in text

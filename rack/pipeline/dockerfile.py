@@ -33,6 +33,56 @@ def has_target(text: str, name: str) -> bool:
     return False
 
 
+def base_images(text: str, args: Mapping[str, str]) -> list[str] | None:
+    """Return the outside images the Dockerfile reads: each stage's FROM and each `COPY --from=IMAGE`.
+
+    Earlier stages (by name or number) and `scratch` are not images; ARGs declared before the first FROM
+    are expanded with `args` over their defaults. None when an image cannot be known from the text (an
+    unset or modified `${…}`, or a `RUN --mount` from another image).
+    """
+    defaults: dict[str, str | None] = {}
+    stages: list[str] = []
+    images: list[str] = []
+    for keyword, rest in _instructions(text):
+        words = rest.split()
+        if keyword == "ARG" and not stages:
+            for word in _words(rest):
+                name, sep, value = word.partition("=")
+                defaults[name] = args.get(name, value if sep else None)
+        elif keyword == "FROM":
+            names = [w for w in words if not w.startswith("--")]
+            image = _expand(names[0], defaults) if names else None
+            if image is None:
+                return None
+            if image.lower() not in stages and image != "scratch":
+                images.append(image)
+            stages.append(names[2].lower() if len(names) >= 3 and names[1].lower() == "as" else "")
+        elif keyword in ("COPY", "ADD"):
+            for word in words:
+                if word.startswith("--from="):
+                    source = word.split("=", 1)[1]
+                    if source.lower() not in stages and not (source.isdigit() and int(source) < len(stages)):
+                        images.append(source)
+        elif keyword == "RUN" and re.search(r"--mount=\S*from=", rest):
+            return None
+    return images
+
+
+def _expand(word: str, values: Mapping[str, str | None]) -> str | None:
+    unknown = False
+
+    def value(m: re.Match) -> str:
+        nonlocal unknown
+        found = values.get(m.group(1) or m.group(2))
+        unknown = unknown or found is None
+        return found or ""
+
+    if re.search(r"\$\{[^}]*[:?+-]", word):
+        return None
+    expanded = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", value, word)
+    return None if unknown else expanded
+
+
 def build_args(declared: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
     """Return the values from env for the declared ARG names, and nothing else."""
     return {name: env[name] for name in declared if name in env}

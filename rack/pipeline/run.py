@@ -223,6 +223,7 @@ def _complete(rack: Rack, row: dict, out: Output, run: BuildRun, *, process: str
         "logs": _store_log(rack, row, out),
         "images": run.images,
         "entrypoint": run.entrypoint or "",
+        "inputs": run.inputs,
     }
     fields.update(log_lines=out.lines, log_bytes=out.size)
 

@@ -21,7 +21,7 @@ from rack.context import Rack
 from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
-from rack.pipeline import dockerfile, folders, manifest, parallel
+from rack.pipeline import dockerfile, folders, inputs, manifest, parallel
 from rack.pipeline.engine import buildkit
 from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
@@ -215,6 +215,8 @@ class BuildRun:
     entrypoint: str | None = None
     secrets: dict[str, str] = field(default_factory=dict)  # offered to BuildKit builds as secret mounts
     previous: dict[str, dict[str, str]] = field(default_factory=dict)  # the app's last images: a cache
+    tree: str = ""  # the source tree's digest, when the source named it (manifest://)
+    inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
     phases: Phases = field(init=False)
 
     def __post_init__(self) -> None:
@@ -240,6 +242,8 @@ class BuildRun:
         self.out.mask(secret_values(env, [self.rack.settings.registry_password]))
         limit = self.rack.settings.manifest_max_bytes
         services = manifest.load(text, env, max_bytes=limit, filename=name).services
+        if self.reuse_earlier(services, env, text, name):
+            return
         tags = {
             s.name: f"{self.rack.settings.registry}/{self.row['app']}:{s.name}.{self.row['id']}"
             for s in services
@@ -298,7 +302,7 @@ class BuildRun:
         elif url.startswith(tree.SCHEME):
             self.src.mkdir()
             with self.phases.timing("extract"):  # contents are read from the store as they are written
-                assemble(self.rack, url, self.src, stop=self.stopping)
+                self.tree = assemble(self.rack, url, self.src, stop=self.stopping)
         else:
             self.out.line(f"Cloning: {scrub(url)}")
             with self.phases.timing("fetch"):  # a clone fetches and checks out at once: no "extract"
@@ -359,6 +363,34 @@ class BuildRun:
             if name in env and (name in self.secrets or SECRET_NAME.search(name)):
                 self.secrets[name] = env[name]
         return env
+
+    def reuse_earlier(self, services: list, env: dict[str, str], text: str, name: str) -> bool:
+        """Take the images of an earlier complete build with this one's inputs (never under --no-cache)."""
+        tree = self.tree or (f"git:{self.git_sha}" if self.git_sha else inputs.tree_digest(self.src))
+        found = inputs.digest(
+            src=self.src,
+            tree=tree,
+            manifest_name=name,
+            manifest_text=text,
+            services=services,
+            env=env,
+            options=self.options,
+            builder=self.engine.builder,
+            secrets=self.secrets,
+            resolve=self._image_id,
+        )
+        self.inputs = found or ""
+        if not found or self.options.get("no_cache"):
+            return False
+        earlier = inputs.earlier_build(self.rack, app=self.row["app"], inputs=found, build_id=self.row["id"])
+        if earlier is None:
+            return False
+        self.out.line(f"Reusing the images of build {earlier['id']}: the same inputs ({found[:12]})")
+        self.images, self.entrypoint = earlier["images"], earlier["entrypoint"]
+        return True
+
+    def _image_id(self, image: str) -> str | None:
+        return self.engine.image_id(image) if self.engine.has_image(image) else None
 
     def build_all(self, services: list, tags: dict[str, str], env: dict[str, str]) -> dict[object, str]:
         """Build each distinct path and Dockerfile once, side by side under BuildKit; return their tags."""

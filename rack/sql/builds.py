@@ -24,6 +24,7 @@ COLUMNS = {
     "phases",
     "log_lines",
     "log_bytes",
+    "inputs",
 }
 
 
@@ -71,6 +72,16 @@ def list_for_app(conn, *, app: str, limit: int, offset: int = 0) -> list[dict]:
         conn,
         "SELECT * FROM builds WHERE app = %s ORDER BY started DESC, id DESC LIMIT %s OFFSET %s",
         (app, limit, offset),
+    )
+
+
+def complete_with_inputs(conn, *, app: str, inputs: str, other_than: str) -> dict | None:
+    """The app's latest complete build made from these inputs (see rack.pipeline.inputs)."""
+    return fetchone(
+        conn,
+        "SELECT * FROM builds WHERE app = %s AND inputs = %s AND status = 'complete' AND id <> %s"
+        " AND images <> '{}'::jsonb ORDER BY ended DESC NULLS LAST, id DESC LIMIT 1",
+        (app, inputs, other_than),
     )
 
 

@@ -1,0 +1,107 @@
+"""Exact rebuilds on the real stack: a build with an earlier complete one's inputs reuses its images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from cli import sources as cli_sources
+from rack import apps, releases
+from rack.builds import record as builds
+from rack.pipeline import run as pipeline
+from rack.sources import contents
+from tests.helpers import build, build_log, run_image, write_app
+
+pytestmark = pytest.mark.docker
+
+DOCKERFILE = 'ARG BASE=busybox\nFROM ${BASE}\nARG GREETING\nRUN echo "$GREETING" > /greeting\nCOPY . /app\n'
+MANIFEST = "services:\n  web:\n    build: .\n"
+
+
+@pytest.fixture
+def rrack(docker_stack, rack):
+    apps.create(rack, name="myapp")
+    return rack
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return write_app(
+        tmp_path / "myapp",
+        {"convox.yml": MANIFEST, "Dockerfile": DOCKERFILE, "app.txt": "one\n", "lib/x.txt": "x\n"},
+    )
+
+
+def send_and_build(rack, folder: Path, **options) -> tuple[dict, int]:
+    """Send the folder as `convox build` does (only missing contents) and build it: the row, how many sent."""
+    scanned = cli_sources.scan(folder)
+    missing = contents.missing(rack, "myapp", list(scanned.sizes))
+    if missing:
+        body = b"".join(cli_sources.Batch(scanned, missing, lambda n: None))
+        contents.receive(rack, "myapp", io.BytesIO(body))
+    url = contents.create_tree(rack, "myapp", scanned.body())["Url"]
+    row = builds.create(rack, "myapp", url=url, **options)
+    done = pipeline.run_build(rack, row["id"], process="tests:1")
+    assert done is not None and done["status"] == "complete", done and done["reason"]
+    return done, len(missing)
+
+
+def reused(rack, row: dict) -> str | None:
+    for line in build_log(rack, row).splitlines():
+        if line.startswith("Reusing the images of build "):
+            return line.split()[5].rstrip(":")
+    return None
+
+
+def test_an_unchanged_tree_uploads_nothing_and_reuses_the_images(rrack, folder, docker_stack):
+    first, sent = send_and_build(rrack, folder, build_args=["GREETING=hi"])
+    assert sent == 4 and reused(rrack, first) is None
+    again, sent = send_and_build(rrack, folder, build_args=["GREETING=hi", "UNDECLARED=changes nothing"])
+    assert sent == 0
+    assert reused(rrack, again) == first["id"]
+    assert again["images"] == first["images"] and again["id"] != first["id"]
+    assert again["inputs"] == first["inputs"] != ""
+    release = releases.get(rrack, "myapp", again["release"])
+    assert release["build"] == again["id"] and again["release"] != first["release"]
+    assert again["entrypoint"] == first["entrypoint"]
+    client = docker_stack.docker()
+    try:
+        assert run_image(client, again["images"]["web"]["image"], "cat", "/greeting") == "hi\n"
+    finally:
+        client.close()
+    # the Convox wire path (one .tgz object) reuses too
+    via_archive = build(rrack, "myapp", folder, build_args=["GREETING=hi"])
+    assert via_archive["status"] == "complete" and reused(rrack, via_archive) is None  # another tree digest
+    assert reused(rrack, build(rrack, "myapp", folder, build_args=["GREETING=hi"])) == via_archive["id"]
+
+
+def test_a_changed_file_build_arg_base_image_or_no_cache_builds_for_real(rrack, folder, docker_stack):
+    first, _ = send_and_build(rrack, folder, build_args=["GREETING=hi"])
+    (folder / "app.txt").write_text("two\n")
+    changed, sent = send_and_build(rrack, folder, build_args=["GREETING=hi"])
+    assert sent == 1 and reused(rrack, changed) is None
+    assert changed["images"]["web"]["digest"] != first["images"]["web"]["digest"]
+    other_arg, _ = send_and_build(rrack, folder, build_args=["GREETING=hello"])
+    assert reused(rrack, other_arg) is None and other_arg["inputs"] != changed["inputs"]
+    no_cache, _ = send_and_build(rrack, folder, build_args=["GREETING=hello"], no_cache=True)
+    assert reused(rrack, no_cache) is None and no_cache["inputs"] == other_arg["inputs"]
+    # the same FROM name, another image behind it: a new base image digest
+    client = docker_stack.docker()
+    try:
+        client.images.get("busybox").tag("rebuild-base", "v1")
+        on_v1, _ = send_and_build(rrack, folder, build_args=["GREETING=hello", "BASE=rebuild-base:v1"])
+        assert reused(rrack, on_v1) is None  # a FROM the earlier builds did not have
+        same, _ = send_and_build(rrack, folder, build_args=["GREETING=hello", "BASE=rebuild-base:v1"])
+        assert reused(rrack, same) == on_v1["id"]
+        newer = client.images.build(
+            fileobj=io.BytesIO(b"FROM busybox\nRUN echo newer > /base\n"), tag="rebuild-base:v1", rm=True,
+            network_mode="host",
+        )[0]  # fmt: skip
+        assert newer.id != client.images.get("busybox").id
+        rebuilt, _ = send_and_build(rrack, folder, build_args=["GREETING=hello", "BASE=rebuild-base:v1"])
+        assert reused(rrack, rebuilt) is None and rebuilt["inputs"] != same["inputs"]
+        assert run_image(client, rebuilt["images"]["web"]["image"], "cat", "/base") == "newer\n"
+    finally:
+        client.close()
