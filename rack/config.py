@@ -40,6 +40,7 @@ class Settings:
     extract_max_entries: int = 200_000
     extract_max_ratio: int = 100  # an archive may expand to this many times its size (at least 64 MiB)
     extract_max_depth: int = 256  # folders deep; deeper trees break tools that walk them recursively
+    log_format: str = "text"  # the rack's own log lines: "text" or "json"
     keep_sources: bool = False  # keep a build's uploaded source after it ends (for debugging)
     build_dir: str = ""  # where workers make build folders; "" is <tmp>/rack-builds
     manifest_max_bytes: int = 1024 * 1024

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, NamedTuple, cast
 
 import redis
 
+from rack import logconfig
 from rack.errors import Invalid, Unavailable
 from rack.logs.masking import Masker
 
@@ -268,7 +269,9 @@ class LogWriter:
         self._pending: list[tuple[str, list[bytes | str]]] = []
         self._error: Exception | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"log-writer {log.build_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=logconfig.in_context(self._run), name=f"log-writer {log.build_id}", daemon=True
+        )
         self._thread.start()
 
     def __enter__(self) -> LogWriter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from rack import events, objects, registry, releases
+from rack import events, logconfig, objects, registry, releases
 from rack.builds import queue
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, Busy, RackError, Unavailable
@@ -65,11 +65,15 @@ def _claimed(rack: Rack, row: dict, timeout: int, *, process: str) -> dict | Non
     Whatever goes wrong once the build is claimed, it ends with a recorded outcome: an unexpected error
     becomes `platform:internal` (traceback in this process's log), never a build left `running`.
     """
-    try:
-        done = _run(rack, row, timeout, process=process)
-    except Exception as exc:
-        log.exception("build %s: recording its outcome failed", row["id"])
-        done = _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
+    with logconfig.build_context(row["id"], process.rpartition(":")[2]):
+        log.info("build %s of app %s started (attempt %s)", row["id"], row["app"], row.get("attempt", 1))
+        try:
+            done = _run(rack, row, timeout, process=process)
+        except Exception as exc:
+            log.exception("build %s: recording its outcome failed", row["id"])
+            done = _last_resort(rack, row, f"{type(exc).__name__}: {exc}", process=process)
+        if done is not None:
+            log.info("build %s ended %s %s", row["id"], done["status"], done["reason"])
     events.build_ended(rack, done, promoted=bool(done and done.get("promoted")))
     if done is not None:
         _drop_source(rack, done)

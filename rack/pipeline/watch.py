@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from rack import logconfig
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, BuildUserError
 from rack.reasons import Reason
@@ -31,7 +32,9 @@ class Watch:
         self._interrupts: list[Callable[[], None]] = []
         self._done = threading.Event()
         self._deadline = time.monotonic() + timeout
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat {build_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=logconfig.in_context(self._run), name=f"heartbeat {build_id}", daemon=True
+        )
 
     def __enter__(self) -> Watch:
         self._thread.start()
