@@ -650,3 +650,62 @@ def oci_archive(files: Mapping[str, str], *, cmd: list[str]) -> bytes:
             info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git with a fixed author in `cwd`; return its output."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def versioned_repo(work: Path, bare: Path) -> tuple[str, str]:
+    """Make bare repo `bare` on main: a first commit whose image prints `one`, then a second printing `two`;
+    return both commits' shas."""
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "convox.yml").write_text("services:\n  web:\n    build: .\n")
+    (work / "Dockerfile").write_text("FROM busybox\nCOPY version.txt /version.txt\nCMD cat /version.txt\n")
+    (work / "version.txt").write_text("one\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "First version", cwd=work)
+    first = git("rev-parse", "HEAD", cwd=work).strip()
+    (work / "version.txt").write_text("two\n")
+    git("commit", "-q", "-am", "Second version\n\nWith a body.", cwd=work)
+    second = git("rev-parse", "HEAD", cwd=work).strip()
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=work)
+    return first, second
+
+
+class LiveRack:
+    """A Rack on clean tables with one app, its API over loopback HTTP (the CLI pointed at it by RACK_URL),
+    and threads standing in for workers (`spawn`), joined when it closes."""
+
+    def __init__(self, env: Mapping[str, str], *, app: str, monkeypatch, config: Path) -> None:
+        import threading
+
+        from rack import apps
+        from rack.config import load_settings
+        from rack.context import Rack
+        from rack.db import execute
+        from rack_api import create_app
+        from tests.conftest import LiveServer
+
+        self.rack = Rack(load_settings(env))
+        self.threads: list[threading.Thread] = []
+        self._thread = threading.Thread
+        with self.rack.db.transaction() as conn:
+            execute(conn, "TRUNCATE apps, builds, releases CASCADE")
+        apps.create(self.rack, name=app)
+        self.server = LiveServer(create_app(rack=self.rack), self.rack.settings.password)
+        monkeypatch.setenv("RACK_URL", self.server.rack_url)
+        monkeypatch.setenv("CONVOX_CONFIG", str(config))
+
+    def spawn(self, target, *args, **kwargs) -> None:
+        self.threads.append(self._thread(target=target, args=args, kwargs=kwargs))
+        self.threads[-1].start()
+
+    def close(self) -> None:
+        self.server.stop()
+        for t in self.threads:
+            t.join(60)
+        self.rack.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -13,13 +12,8 @@ from click.testing import CliRunner
 from cli.main import main
 from rack import apps
 from rack.builds import record as builds
-from rack.config import load_settings
-from rack.context import Rack
-from rack.db import execute
 from rack.pipeline import run as pipeline
-from tests.conftest import LiveServer
-from tests.helpers import GitHttpServer, printed
-from tests.test_git_builds import git
+from tests.helpers import GitHttpServer, LiveRack, git, printed, versioned_repo
 
 
 @pytest.fixture
@@ -28,18 +22,10 @@ def server(tmp_path):
     work, root = tmp_path / "work", tmp_path / "git"
     work.mkdir()
     root.mkdir()
-    git("init", "-q", "-b", "main", cwd=work)
-    (work / "convox.yml").write_text("services:\n  web:\n    build: .\n")
-    (work / "Dockerfile").write_text("FROM busybox\nCOPY version.txt /version.txt\nCMD cat /version.txt\n")
-    (work / "version.txt").write_text("one\n")
-    git("add", ".", cwd=work)
-    git("commit", "-q", "-m", "First version", cwd=work)
-    git("branch", "release", cwd=work)
-    (work / "version.txt").write_text("two\n")
-    git("commit", "-q", "-am", "Second version", cwd=work)
-    git("clone", "-q", "--bare", str(work), str(root / "myproject.git"), cwd=work)
+    first, _ = versioned_repo(work, root / "myproject.git")
+    git("branch", "release", first, cwd=root / "myproject.git")
     s = GitHttpServer(root)
-    s.first = git("rev-parse", "release", cwd=work).strip()  # type: ignore[attr-defined]
+    s.first = first  # type: ignore[attr-defined]
     yield s
     s.stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -48,29 +34,12 @@ def server(tmp_path):
 @pytest.fixture
 def live(docker_stack, tmp_path, monkeypatch):
     """The API over HTTP; each build it enqueues runs on the real pipeline in a thread."""
-    from rack_api import create_app
-
     env = {**docker_stack.env, "RACK_STORAGE": f"file://{tmp_path}/objects", "RACK_GIT_ALLOW_PRIVATE": "true"}
-    r = Rack(load_settings(env))
-    threads: list[threading.Thread] = []
-
-    def enqueue(build_id: str) -> None:
-        t = threading.Thread(target=pipeline.run_build, args=(r, build_id), kwargs={"process": "tests:1"})
-        threads.append(t)
-        t.start()
-
-    r.enqueue_build = enqueue
-    with r.db.transaction() as conn:
-        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
-    apps.create(r, name="myproject")
-    web = LiveServer(create_app(rack=r), r.settings.password)
-    monkeypatch.setenv("RACK_URL", web.rack_url)
-    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "cfg"))
+    live = LiveRack(env, app="myproject", monkeypatch=monkeypatch, config=tmp_path / "cfg")
+    r = live.rack
+    r.enqueue_build = lambda build_id: live.spawn(pipeline.run_build, r, build_id, process="tests:1")
     yield r
-    web.stop()
-    for t in threads:
-        t.join(60)
-    r.close()
+    live.close()
 
 
 @pytest.mark.docker

@@ -7,21 +7,17 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from rack import apps, exports, external, releases, skopeo
+from rack import exports, external, releases, skopeo
 from rack.builds import record as builds
-from rack.config import load_settings
 from rack.context import Rack
-from rack.db import execute
 from rack_stack import Stack
-from tests.conftest import LiveServer
-from tests.helpers import basic, oci_archive, printed, wait_for
+from tests.helpers import LiveRack, basic, oci_archive, printed, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -45,29 +41,14 @@ def upstream(docker_stack):
 @pytest.fixture
 def live(docker_stack, tmp_path, monkeypatch):
     """The API over HTTP; an image import it queues runs in a thread, as a worker would run it."""
-    from rack_api import create_app
-
-    r = Rack(load_settings({**docker_stack.env, "RACK_STORAGE": f"file://{tmp_path}/objects"}))
-    threads: list[threading.Thread] = []
-
-    def enqueue(*args: str) -> None:
-        threads.append(threading.Thread(target=external.run_import, args=(r, *args)))
-        threads[-1].start()
-
-    r.enqueue_import = enqueue
+    env = {**docker_stack.env, "RACK_STORAGE": f"file://{tmp_path}/objects"}
+    live = LiveRack(env, app="myapp", monkeypatch=monkeypatch, config=tmp_path / "cfg")
+    r = live.rack
+    r.enqueue_import = lambda *args: live.spawn(external.run_import, r, *args)
     r.enqueue_build = lambda build_id: None
-    with r.db.transaction() as conn:
-        execute(conn, "TRUNCATE apps, builds, releases CASCADE")
-    apps.create(r, name="myapp")
-    web = LiveServer(create_app(rack=r), r.settings.password)
-    monkeypatch.setenv("RACK_URL", web.rack_url)
-    monkeypatch.setenv("CONVOX_CONFIG", str(tmp_path / "cfg"))
     monkeypatch.setenv("DOCKER_HOST", docker_stack.env["RACK_DOCKER_HOST"])
-    yield r, web
-    web.stop()
-    for t in threads:
-        t.join(60)
-    r.close()
+    yield r, live.server
+    live.close()
 
 
 def test_import_image_from_another_registry(live, upstream, docker_stack, tmp_path, monkeypatch):

@@ -6,9 +6,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,15 +18,9 @@ from rack.config import load_settings
 from rack.context import Rack
 from rack.db import execute
 from rack.pipeline import run as pipeline
-from tests.helpers import printed
+from tests.helpers import printed, versioned_repo
 
 pytestmark = pytest.mark.docker
-
-
-def git(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +43,7 @@ def grack(docker_stack):
 def repo(tmp_path_factory) -> dict[str, str]:
     """A bare repo on main: a first commit printing `one`, then a second printing `two`."""
     work, bare = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("bare") / "repo.git"
-    git("init", "-q", "-b", "main", cwd=work)
-    (work / "convox.yml").write_text("services:\n  web:\n    build: .\n")
-    (work / "Dockerfile").write_text("FROM busybox\nCOPY version.txt /version.txt\nCMD cat /version.txt\n")
-    (work / "version.txt").write_text("one\n")
-    git("add", ".", cwd=work)
-    git("commit", "-q", "-m", "First version", cwd=work)
-    first = git("rev-parse", "HEAD", cwd=work).strip()
-    (work / "version.txt").write_text("two\n")
-    git("commit", "-q", "-am", "Second version\n\nWith a body.", cwd=work)
-    second = git("rev-parse", "HEAD", cwd=work).strip()
-    git("clone", "-q", "--bare", str(work), str(bare), cwd=work)
+    first, second = versioned_repo(work, bare)
     return {"url": bare.as_uri(), "first": first, "second": second}
 
 
