@@ -21,6 +21,7 @@ from rack.builds import record as builds
 from rack.config import BUILDERS, ConfigError, load_settings
 from rack.context import Rack
 from rack.db import execute
+from rack.pipeline import folders
 from rack.pipeline import run as pipeline
 from tests.helpers import (
     build,
@@ -209,6 +210,10 @@ def test_secrets_reach_run_steps_as_mounts_and_nowhere_else(bk, tmp_path, monkey
     # The files lived only for the build, readable by the worker alone; the values are nowhere after it.
     assert sorted(p.name for p, _ in files) == ["secret-COLOR", "secret-DB_PASSWORD", "secret-NPM_TOKEN"]
     assert {mode for _, mode in files} == {0o600}
+    # in the build's own folder, which a worker sweeps at start-up should it have been killed mid-build
+    assert all(
+        p.is_relative_to(folders.root(bk)) and p.parent.parent.name.startswith(row["id"]) for p, _ in files
+    )
     assert not any(p.exists() or p.parent.exists() for p, _ in files)
     inspected = json.dumps(bk.docker.api.inspect_image(image))
     history = json.dumps(bk.docker.api.history(image))

@@ -113,7 +113,7 @@ def _watched(rack: Rack, row: dict, out: Output, timeout: int, *, process: str) 
     with watch:
         folder = folders.make(rack, build_id)
         try:
-            with open_engine(rack) as engine:
+            with open_engine(rack, scratch=folder) as engine:
                 watch.on_stop(engine.interrupt)
                 run = BuildRun(rack, row, folder / "src", out, engine, watch)
                 run.run()

@@ -185,11 +185,14 @@ class Phases:
             log.warning("build %s: phase timings not saved yet: %s", self.build_id, exc)
 
 
-def open_engine(rack: Rack) -> Engine:
-    """Open a session with the worker's engine, building with the rack's builder (RACK_BUILDER)."""
+def open_engine(rack: Rack, *, scratch: Path | None = None) -> Engine:
+    """Open a session with the worker's engine, building with the rack's builder (RACK_BUILDER).
+
+    `scratch` (the build's folder) holds what the builder writes for the build, secret files included.
+    """
     if rack.settings.builder == "classic":
         return Engine(rack.settings)
-    return buildkit.Engine(rack.settings, redis=rack.redis)
+    return buildkit.Engine(rack.settings, redis=rack.redis, scratch=scratch)
 
 
 def inside(root: Path, relative: str, *, code: Reason, what: str) -> Path:

@@ -216,9 +216,12 @@ class Engine(classic.Engine):
 
     builder = "buildkit"
 
-    def __init__(self, settings: Settings, *, redis=None) -> None:
+    def __init__(self, settings: Settings, *, redis=None, scratch: Path | None = None) -> None:
         super().__init__(settings)
         self.redis = redis
+        # Where the client's config and each build's secret files go: the build's own folder, which the
+        # worker removes when the build ends and sweeps at start-up should the worker have been killed.
+        self.scratch = scratch
         self._procs: set[subprocess.Popen] = set()
         self._procs_lock = threading.Lock()
         self._config: Path | None = None
@@ -242,7 +245,7 @@ class Engine(classic.Engine):
     def client_config(self) -> Path:
         """Return the client's own config folder, with the rack registry's login when it has one."""
         if self._config is None:
-            self._config = Path(tempfile.mkdtemp(prefix="rack-docker-"))
+            self._config = Path(tempfile.mkdtemp(prefix="rack-docker-", dir=self.scratch))
             auths = {}
             s = self.settings
             if s.registry_username:
@@ -293,7 +296,7 @@ class Engine(classic.Engine):
                 "Note: RACK_BUILD_MEMORY and RACK_BUILD_CPUS are not applied to BuildKit steps by this "
                 "engine (its client ignores --memory and --cpu-*); RACK_BUILDER=classic enforces them\n"
             )
-        work = Path(tempfile.mkdtemp(prefix="rack-buildkit-"))  # 0700: secret files and the iid file
+        work = Path(tempfile.mkdtemp(prefix="rack-buildkit-", dir=self.scratch))  # 0700: secrets, iid file
         try:
             if app and "type=cache" in text:
                 scope = self.cache_scope(app, reset=nocache)
