@@ -2,8 +2,10 @@
 
 The workers themselves run on the machine's network (they reach Postgres, Redis and the object store on
 loopback); each one's engine, and so every build step it runs, lives in a namespace of its own that sees
-none of the machine's loopback services. The only way out of a namespace is a relay on the bridge to the
-registry, which is what a build needs (push, pull, `FROM` the rack's images).
+none of the machine's loopback services. The only way out of a namespace is a relay to the registry, which
+is what a build needs (push, pull, `FROM` the rack's images): inside each namespace it listens on the
+registry's own loopback address, so image names are the same on every host and the engine (and BuildKit)
+treat it as the local registry it is; it forwards to a relay on the bridge, which forwards to the registry.
 
 Names and addresses derive from a key (a port of the stack that uses them), so stacks side by side do not
 collide: namespaces `rkh<key>-<n>`, bridge `rkb<key>`, subnet 10.<150+key%50>.<key//50%256>.0/24.
@@ -17,6 +19,7 @@ import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -86,9 +89,11 @@ class Network:
 class Relay:
     """Relay TCP connections from an address on the bridge to a service on the machine's loopback."""
 
-    def __init__(self, listen_host: str, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.server = socket.create_server((listen_host, 0))
+    def __init__(
+        self, listen_host: str, target_port: int, *, listen_port: int = 0, target_host: str = "127.0.0.1"
+    ):
+        self.target = (target_host, target_port)
+        self.server = socket.create_server((listen_host, listen_port))
         self.address = f"{listen_host}:{self.server.getsockname()[1]}"
         self._stop = threading.Event()
         threading.Thread(target=self._accept, name="rack-relay", daemon=True).start()
@@ -136,16 +141,29 @@ class Relay:
         self.server.close()
 
 
+def _relay_in(netns: str, *, port: int, target: str, log: Path) -> int:
+    """Start a relay inside `netns` from its 127.0.0.1:`port` to `target` (host:port); return its pid."""
+    host, target_port = target.rsplit(":", 1)
+    argv = ["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-m", "rack_stack.hosts", "relay",
+            str(port), host, target_port]  # fmt: skip
+    pid = procs.spawn(argv, log=log, env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    if not procs.wait_for(lambda: b"relaying" in log.read_bytes() or not procs.alive(pid), timeout=15):
+        raise procs.StartError(f"the relay in {netns} did not start:\n{procs.log_tail(log)}")
+    if not procs.alive(pid):
+        raise procs.StartError(f"the relay in {netns} exited:\n{procs.log_tail(log)}")
+    return pid
+
+
 class NamespacedDockerd(Dockerd):
     """dockerd started inside a network namespace (nsenter: `ip netns exec` remounts /sys, which fails)."""
 
-    def __init__(self, stack: Stack, *, netns: str, insecure_registry: str) -> None:
+    def __init__(self, stack: Stack, *, netns: str) -> None:
         super().__init__(stack)
-        self.netns, self.insecure_registry = netns, insecure_registry
+        self.netns = netns
 
     def launch(self) -> int:
         config = self.home / "dockerd.json"
-        config.write_text(json.dumps({"insecure-registries": [self.insecure_registry]}) + "\n")
+        config.write_text(json.dumps({}) + "\n")
         (self.home / "docker").mkdir(exist_ok=True)
         self.exec_root.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -174,12 +192,13 @@ class Hosts:
         self.network = Network(key, count)
         self.registry_port = registry_port
         self.relay: Relay | None = None
+        self.relays: list[int] = []  # pids of the relays inside the namespaces
         self.engines: list[Stack] = []
 
     @property
     def registry(self) -> str:
-        assert self.relay is not None
-        return self.relay.address
+        """Return the registry's address, the same on the machine and on every host."""
+        return f"127.0.0.1:{self.registry_port}"
 
     def start(self) -> Hosts:
         self.network.create()
@@ -189,12 +208,13 @@ class Hosts:
                 home = self.root / f"host{n}"
                 home.mkdir(parents=True, exist_ok=True)
                 home.chmod(0o755)
-                engine = Stack(home, fast=True)
-                engine.services["dockerd"] = NamespacedDockerd(
-                    engine, netns=ns, insecure_registry=self.registry
+                self.relays.append(
+                    _relay_in(ns, port=self.registry_port, target=self.relay.address, log=home / "relay.log")
                 )
+                engine = Stack(home, fast=True)
+                engine.services["dockerd"] = NamespacedDockerd(engine, netns=ns)
                 self.engines.append(engine)
-            errors = []
+            errors: list[str] = []
             threads = [threading.Thread(target=self._start, args=(e, errors)) for e in self.engines]
             for t in threads:
                 t.start()
@@ -221,6 +241,19 @@ class Hosts:
         for engine in self.engines:
             engine.stop(["dockerd"])
             shutil.rmtree(engine.home, ignore_errors=True)
+        for pid in self.relays:
+            procs.kill(pid, timeout=5)
         if self.relay is not None:
             self.relay.close()
         self.network.destroy()
+
+
+if __name__ == "__main__":  # python -m rack_stack.hosts relay PORT TARGET_HOST TARGET_PORT (in a namespace)
+    import time
+
+    if sys.argv[1:2] != ["relay"] or len(sys.argv) != 5:
+        sys.exit("usage: python -m rack_stack.hosts relay PORT TARGET_HOST TARGET_PORT")
+    Relay("127.0.0.1", int(sys.argv[4]), listen_port=int(sys.argv[2]), target_host=sys.argv[3])
+    print("relaying", flush=True)
+    while True:
+        time.sleep(3600)
