@@ -140,3 +140,27 @@ def test_a_push_webhook_builds_and_promotes(grack, repo):
     assert row["description"] == f"push {repo['second'][:7]} Second version"
     assert row["git_sha"] == repo["second"]
     assert apps.get(grack, "gitapp")["release"] == row["release"]
+
+
+def test_a_locked_app_is_not_promoted_by_its_builds_and_the_events_say_what_happened(
+    grack, repo, monkeypatch
+):
+    from rack import events
+
+    sent: list[str] = []
+    monkeypatch.setattr(grack, "send_event", lambda hook_id, body: sent.append(json.loads(body)["action"]))
+    hook = events.add(grack, "https://example.com/events", app="gitapp")
+    before = apps.get(grack, "gitapp")["release"]
+    apps.update(grack, "gitapp", lock=True)
+    try:
+        row = run(grack, builds.create(grack, "gitapp", url=repo["url"] + "#main", promote=True)["id"])
+        assert row["status"] == "complete", row["reason"]
+        assert apps.get(grack, "gitapp")["release"] == before  # released, not promoted
+        assert sent == ["build:create", "build:complete", "release:create"]
+    finally:
+        apps.update(grack, "gitapp", lock=False)
+    sent.clear()
+    row = run(grack, builds.create(grack, "gitapp", url=repo["url"] + "#main", promote=True)["id"])
+    assert apps.get(grack, "gitapp")["release"] == row["release"]
+    assert sent == ["build:create", "build:complete", "release:create", "release:promote"]
+    events.remove(grack, hook["id"], app="gitapp")
