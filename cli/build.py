@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import click
 
-from cli import sources
+from cli import sources, terminal
 from cli.appname import app_option, resolve_app
 from cli.client import RackClient
 from cli.logs import follow_build
@@ -254,8 +254,10 @@ def run_build(
     started = client.post(f"/apps/{app}/builds", data=form)
     say("OK")
 
-    out = LineEnd(say.binary())
+    safe = terminal.for_terminal(say.binary())
+    out = LineEnd(safe)
     build = follow_build(client, app, started["id"], out=out)
+    terminal.end(safe)
     out.finish_line()
     if build.get("status") != "complete":
         reason = build.get("reason") or f"the build ended as {build.get('status') or 'unknown'}"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import click
 
+from cli import terminal
 from cli.appname import app_option, subcommand_app
 from cli.builds import builds
 from cli.client import RackClient, check, short
@@ -142,9 +143,9 @@ def _error(resp: requests.Response) -> str:
 def builds_logs(ctx: click.Context, build_id: str, app: str | None, no_follow: bool) -> None:
     """Show a build's log, following it until the build ends; exit non-zero if the build failed."""
     app = subcommand_app(ctx, app)
-    build = follow_build(
-        RackClient(), app, build_id, out=click.get_binary_stream("stdout"), follow=not no_follow
-    )
+    out = terminal.for_terminal(click.get_binary_stream("stdout"))
+    build = follow_build(RackClient(), app, build_id, out=out, follow=not no_follow)
+    terminal.end(out)
     if not no_follow and build["status"] != "complete":
         reason = build.get("reason") or f"the build ended as {build['status']}"
         raise click.ClickException(f"build failed: {reason}")

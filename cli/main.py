@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from rack import __version__  # rack/__init__.py alone: no domain module is loaded
-
 import cli.exports  # noqa: F401  (adds `builds export` and `builds import`)
 import cli.external  # noqa: F401  (adds `builds import-image`)
 from cli import (
@@ -22,6 +20,7 @@ from cli.output import info, table
 from cli.releases import releases
 from cli.settings import Endpoint, normalize_host
 from cli.webhooks import webhooks  # also adds `apps webhook`
+from rack import __version__  # rack/__init__.py alone: no domain module is loaded
 
 
 @click.group()
