@@ -4,9 +4,11 @@ the local Docker engine), each ending as a complete build with its images record
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,25 +18,43 @@ from cli.main import main
 from rack import exports, external, releases, skopeo
 from rack.builds import record as builds
 from rack.context import Rack
-from rack_stack import Stack
-from tests.helpers import LiveRack, basic, oci_archive, printed, wait_for
+from tests.helpers import LiveRack, Proc, _answers, basic, free_port, oci_archive, printed, wait_for
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def upstream(docker_stack):
-    """A second registry on loopback holding `upstream/hello:1` and `upstream/tools:2`."""
+    """A second registry on loopback that wants credentials (me / s3cret), holding `upstream/hello:1` and
+    `upstream/tools:2`."""
+    with warnings.catch_warnings():  # bcrypt by libxcrypt, as the registry's htpasswd wants (3.11 has it)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
     home = Path(tempfile.mkdtemp(prefix="rack-upstream-"))
-    stack = Stack(home, fast=True)
-    stack.start(services=("registry",))
-    registry = stack.env["RACK_REGISTRY"]
+    (home / "htpasswd").write_text(
+        "me:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)) + "\n"
+    )
+    port = free_port()
+    (home / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {home}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"auth:\n  htpasswd:\n    realm: upstream\n    path: {home}/htpasswd\n"
+    )
+    proc = Proc(
+        "upstream", ["docker-registry", "serve", home / "config.yml"], os.environ, home / "registry.log"
+    )
+    registry = f"127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"http://{registry}"), timeout=20, what="the upstream registry")
+    creds = {registry: ("me", "s3cret")}
     for name, text in (("hello:1", "hello from upstream\n"), ("tools:2", "tools from upstream\n")):
         path = home / f"{name.replace(':', '-')}.tar"
         path.write_bytes(oci_archive({"hello.txt": text}, cmd=["cat", "/hello.txt"]))
-        skopeo.copy(f"oci-archive:{path}", f"docker://{registry}/upstream/{name}", what="seeding")
+        skopeo.copy(
+            f"oci-archive:{path}", f"docker://{registry}/upstream/{name}", creds=creds, what="seeding"
+        )
     yield registry
-    stack.stop(services=("registry",))
+    proc.stop()
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -101,6 +121,14 @@ def test_import_image_from_another_registry(live, upstream, docker_stack, tmp_pa
         f"/apps/myapp/builds/{made['id']}/image", data={"image": f"{upstream}/upstream/hello:1"}
     )
     assert again.status_code == 409
+    unauthorized = client.post("/apps/myapp/builds", data={"external": "true"}).get_json()
+    client.put(
+        f"/apps/myapp/builds/{unauthorized['id']}", data={"manifest": "services:\n  web:\n    build: .\n"}
+    )
+    image = {"image": f"{upstream}/upstream/hello:1"}
+    assert client.post(f"/apps/myapp/builds/{unauthorized['id']}/image", data=image).status_code == 202
+    refused = wait_final(rack, unauthorized["id"])  # no credentials: the upstream registry says no
+    assert refused["status"] == "failed" and "unauthorized" in refused["reason"].lower(), refused["reason"]
     failed = wait_final(rack, made["id"])
     assert failed["status"] == "failed"
     assert failed["reason"].startswith(f"user:image: importing {upstream}/upstream/none:1: ")
