@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -97,6 +98,16 @@ def test_assembled_tree_is_the_folder(rack, client, project, tmp_path):
     assert os.stat(dest / "data/f00.bin").st_mode & 0o777 == 0o755
     assert os.readlink(dest / "link") == "data/f01.bin" and (dest / "empty").is_dir()
     assert not (dest / "secret.env").exists()
+
+
+def test_assembly_keeps_to_the_size_limit(rack, client, project, tmp_path, monkeypatch):
+    url = send(client, project).url
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, extract_max_bytes=100_000))
+    dest = tmp_path / "src"
+    dest.mkdir()
+    with pytest.raises(BuildUserError, match="larger than 100000 bytes"):
+        assemble(rack, url, dest)
+    assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) <= 100_000
 
 
 def test_a_cut_upload_resumes_where_it_stopped(rack, live_server, project, monkeypatch):

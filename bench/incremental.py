@@ -1,0 +1,156 @@
+"""Measure `convox build` of a 100 MB / 2,000-file app: first build, one file changed, unchanged.
+
+Run: .venv/bin/python bench/incremental.py [--rounds 1] [--keep]
+
+Starts a private stack (Postgres, Redis, dockerd, registry, the API under gunicorn, a Celery worker) in a
+temp folder and generates two apps of the same shape (`FROM busybox`, `COPY . /app`, 2,000 files of
+random data): one for each side, so neither finds the other's layers in the engine's cache. For each
+scenario, side by side:
+- rack: `convox build` as a user runs it (a new process: hash, send what is missing, build, follow the log);
+- floor: `tar cf` of the folder, its upload to the rack's objects API, then a bare
+  `DOCKER_BUILDKIT=1 docker build` of the folder and a push of the image: what any build must do with
+  no incrementality at all.
+Prints each scenario's medians, the ratio rack/floor and the issue's goal for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bigapp import change_one, generate  # noqa: E402
+from rack import apps  # noqa: E402
+from rack.config import load_settings  # noqa: E402
+from rack.context import Rack  # noqa: E402
+from rack.db import Database  # noqa: E402
+from rack.migrate import migrate  # noqa: E402
+from rack.pipeline.engine.classic import split_image  # noqa: E402
+from rack_stack import Stack  # noqa: E402
+
+DOCKER = "/usr/bin/docker"
+GOALS = {"first build": "ratio <= 1.1", "one file changed": "rack <= 3 s", "unchanged": "rack <= 1 s"}
+
+
+def convox_build(stack: Stack, folder: Path, app: str) -> tuple[float, str]:
+    """Time `convox build` of the folder; return the seconds and its 'sent …' line."""
+    env = {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
+        "HOME": str(stack.home),
+        "RACK_URL": f"http://convox:{stack.password}@{stack.env['RACK_API_URL'].split('//', 1)[1]}",
+    }
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "convox"), "build", str(folder), "-a", app],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"convox build failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    sent = next((line for line in proc.stdout.splitlines() if "(sent " in line), "")
+    build = requests.get(
+        f"{stack.env['RACK_API_URL']}/apps/{app}/builds?limit=1", auth=("convox", stack.password), timeout=30
+    ).json()[0]
+    reused = "reused" if "Reusing the images of build" in proc.stdout else "built"
+    phases = " ".join(f"{k}={v:.2f}" for k, v in (build.get("phases") or {}).items())
+    return elapsed, f"{sent.split('(', 1)[-1].rstrip(')')}; {reused}; worker phases: {phases}"
+
+
+def floor(stack: Stack, folder: Path, app: str, n: int, api, work: Path) -> float:
+    """Time tar + upload + bare BuildKit build + push of the folder."""
+    registry, host = stack.env["RACK_REGISTRY"], stack.env["RACK_DOCKER_HOST"]
+    tag = f"{registry}/{app}:web.F{n:09d}"
+    began = time.perf_counter()
+    archive = work / "floor.tar"
+    subprocess.run(["tar", "cf", str(archive), "-C", str(folder), "."], check=True)
+    with open(archive, "rb") as fh:
+        resp = requests.post(
+            f"{stack.env['RACK_API_URL']}/apps/{app}/objects/tmp/floor.tar",
+            data=fh,
+            auth=("convox", stack.password),
+            timeout=600,
+        )
+    resp.raise_for_status()
+    argv = [DOCKER, "-H", host, "build", "--progress=plain", "--network", "host", "--tag", tag, str(folder)]
+    proc = subprocess.run(argv, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"}, capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bare build failed: {proc.stdout[-2000:].decode()}{proc.stderr[-2000:].decode()}")
+    for event in api.push(*split_image(tag), stream=True, decode=True):
+        if "error" in event:
+            raise SystemExit(f"bare push failed: {event['error']}")
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, each on two newly generated apps")
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--keep", action="store_true", help="leave the stack's folder behind")
+    opts = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="rack-bench-incr-", dir="/tmp"))
+    home.chmod(0o755)
+    stack = Stack(home)
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in GOALS}
+    sent: dict[str, str] = {}
+    try:
+        stack.start(services=("postgres", "redis", "dockerd", "registry", "api", "worker"))
+        stack.seed_base_image()
+        db = Database(stack.env["RACK_DATABASE_URL"])
+        migrate(db)
+        db.close()
+        rack = Rack(load_settings(stack.env), enqueue_build=lambda build_id: None)
+        client = stack.docker()
+        for n in range(opts.rounds):
+            ours, theirs = f"incr{n}", f"floor{n}"
+            apps.create(rack, name=ours)
+            apps.create(rack, name=theirs)
+            size = opts.mb * 1024 * 1024
+            mine = generate(home / f"{ours}-src", files=opts.files, total=size)
+            other = generate(home / f"{theirs}-src", files=opts.files, total=size)
+            for step, name in enumerate(GOALS):
+                if name == "one file changed":
+                    change_one(mine, n + 1)
+                    change_one(other, n + 1)
+                # alternate which side goes first, so neither always meets the engine right after the other
+                if step % 2:
+                    times[name][1].append(floor(stack, other, theirs, 10 * n + step, client.api, home))
+                    took, sent[name] = convox_build(stack, mine, ours)
+                    times[name][0].append(took)
+                else:
+                    took, sent[name] = convox_build(stack, mine, ours)
+                    times[name][0].append(took)
+                    times[name][1].append(floor(stack, other, theirs, 10 * n + step, client.api, home))
+            shutil.rmtree(mine)
+            shutil.rmtree(other)
+        print(
+            f"app: {opts.files} files, {opts.mb} MB of random data, FROM busybox + COPY . /app; rounds={opts.rounds}"
+        )
+        for name, goal in GOALS.items():
+            ours_s, floor_s = (statistics.median(t) for t in times[name])
+            print(
+                f"{name:17} rack {ours_s:6.2f} s  floor {floor_s:6.2f} s  ratio {ours_s / floor_s:5.2f}"
+                f"  (goal: {goal})  {sent[name]}"
+            )
+        client.close()
+        rack.close()
+    finally:
+        stack.stop()
+        if not opts.keep:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
