@@ -97,6 +97,17 @@ def open_object(rack: Rack, app: str, key: str) -> BinaryIO:
         raise NotFound(f"object not found: {key}") from None
 
 
+def list_keys(rack: Rack, app: str, *, prefix: str = "", limit: int = 1000) -> list[str]:
+    """The app's object keys that start with `prefix` (Convox's ObjectList), sorted, at most `limit`."""
+    apps.get(rack, app)
+    if prefix.startswith("/") or ".." in prefix.split("/") or "\x00" in prefix:
+        raise Invalid(f"prefix {prefix[:100]!r} is not a relative key prefix")
+    found = rack.store.list_keys(app, starting=prefix, limit=limit + 1)
+    if len(found) > limit:
+        raise Invalid(f"more than {limit} objects start with {prefix!r}: name a longer prefix")
+    return [key.removeprefix(f"{app}/") for key in found]
+
+
 def exists(rack: Rack, app: str, key: str) -> bool:
     apps.get(rack, app)
     return rack.store.exists(_store_key(app, normalize_key(key)))

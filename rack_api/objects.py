@@ -7,7 +7,7 @@ from typing import BinaryIO, cast
 from flask import Blueprint, Flask, Response, stream_with_context
 
 from rack import objects
-from rack_api.params import RequestBody, as_json, ok, rack
+from rack_api.params import RequestBody, as_json, ok, param, rack
 
 bp = Blueprint("objects", __name__)
 
@@ -18,6 +18,11 @@ def store(app: str, key: str):
     body = RequestBody("upload", limit=rack().settings.max_upload_bytes)
     url = objects.put(rack(), app, key, cast(BinaryIO, body))
     return as_json({"Url": url})
+
+
+@bp.get("/apps/<app>/objects")
+def index(app: str):
+    return as_json(objects.list_keys(rack(), app, prefix=param("prefix") or ""))
 
 
 @bp.route("/apps/<app>/objects/<path:key>", methods=["HEAD"])

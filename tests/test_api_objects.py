@@ -128,3 +128,16 @@ def test_the_longest_keys_allowed_work(client, myapp):
     path = f"/apps/myapp/objects/{key}"
     assert client.post(path, data=b"x").status_code == 200
     assert client.get(path).data == b"x"
+
+
+def test_list_objects_by_prefix_as_convox_object_list(client):
+    client.post("/apps", data={"name": "lister"})
+    for key in ("tmp/a.tgz", "tmp/b.tgz", "other/c"):
+        client.post(f"/apps/lister/objects/{key}", data=b"x")
+    assert client.get("/apps/lister/objects").get_json() == ["other/c", "tmp/a.tgz", "tmp/b.tgz"]
+    assert client.get("/apps/lister/objects?prefix=tmp/").get_json() == ["tmp/a.tgz", "tmp/b.tgz"]
+    assert client.get("/apps/lister/objects?prefix=nope").get_json() == []
+    assert client.get("/apps/lister/objects?prefix=../x").status_code == 400
+    assert client.get("/apps/ghost/objects").status_code == 404
+    assert client.head("/apps/lister/objects/tmp/a.tgz").status_code == 200  # ObjectExists: 2xx
+    assert client.head("/apps/lister/objects/tmp/none.tgz").status_code == 404

@@ -110,6 +110,16 @@ def test_delete_prefix_removes_only_that_app(store):
     assert store.exists("one-more/a")
 
 
+def test_list_keys_of_one_app_by_prefix(store):
+    for key in ("one/tmp/b.tgz", "one/tmp/a.tgz", "one/build/B1/logs", "one-more/tmp/a.tgz"):
+        store.put_stream(key, io.BytesIO(b"x"))
+    assert store.list_keys("one", limit=10) == ["one/build/B1/logs", "one/tmp/a.tgz", "one/tmp/b.tgz"]
+    assert store.list_keys("one", starting="tmp/", limit=10) == ["one/tmp/a.tgz", "one/tmp/b.tgz"]
+    assert store.list_keys("one", starting="tmp/a", limit=10) == ["one/tmp/a.tgz"]
+    assert store.list_keys("one", limit=1) == ["one/build/B1/logs"]
+    assert store.list_keys("nobody", limit=10) == []
+
+
 def test_short_reads_store_everything(store):
     """A socket-backed body returns fewer bytes than asked; none may be lost."""
 

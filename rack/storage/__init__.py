@@ -43,6 +43,9 @@ class Store(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with `prefix/`."""
 
+    def list_keys(self, folder: str, *, starting: str = "", limit: int) -> list[str]:
+        """The keys below `folder/` that start with `folder/starting`, sorted, at most `limit` of them."""
+
 
 def key_size_problem(key: str, *, max_bytes: int | None = None) -> str | None:
     """Say why `key` is too long to hold an object (a part, or all of it past `max_bytes`); None if not."""

@@ -154,3 +154,14 @@ class LocalStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def list_keys(self, folder: str, *, starting: str = "", limit: int) -> list[str]:
+        top = self._path(folder)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in filenames:
+                key = f"{folder}/{Path(dirpath, name).relative_to(top).as_posix()}"
+                if key.startswith(f"{folder}/{starting}"):
+                    found.append(key)
+        return sorted(found)[:limit]

@@ -202,6 +202,19 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise self._unavailable(exc, "delete an object") from exc
 
+    def list_keys(self, folder: str, *, starting: str = "", limit: int) -> list[str]:
+        own = len(self._key("x")) - 1  # the store's own prefix, dropped from each key
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            keys: list[str] = []
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self._key(folder)}/{starting}"):
+                keys += [o["Key"][own:] for o in page.get("Contents", [])]
+                if len(keys) >= limit:
+                    break
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise self._unavailable(exc, "list objects") from exc
+        return sorted(keys)[:limit]
+
     def delete_prefix(self, prefix: str) -> None:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
