@@ -71,6 +71,13 @@ def test_an_unchanged_tree_uploads_nothing_and_reuses_the_images(rrack, folder, 
         assert run_image(client, again["images"]["web"]["image"], "cat", "/greeting") == "hi\n"
     finally:
         client.close()
+    # a reuse reads only the manifest and the Dockerfile: a data file's content is never fetched
+    (data,) = [e for e in contents.load_tree(rrack, again["source_url"]) if e.path == "lib/x.txt"]
+    rrack.store.delete(contents.key("myapp", data.sha256))
+    row = builds.create(rrack, "myapp", url=again["source_url"], build_args=["GREETING=hi"])
+    third = pipeline.run_build(rrack, row["id"], process="tests:1")
+    assert third is not None and third["status"] == "complete" and reused(rrack, third) == again["id"]
+    assert third["images"] == first["images"]
     # the Convox wire path (one .tgz object) reuses too
     via_archive = build(rrack, "myapp", folder, build_args=["GREETING=hi"])
     assert via_archive["status"] == "complete" and reused(rrack, via_archive) is None  # another tree digest

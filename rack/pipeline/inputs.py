@@ -88,7 +88,7 @@ def digest(
                 return None
             parts["services"][service.name] = {"image": image}
             continue
-        path = posixpath.normpath(posixpath.join(service.build_path, service.dockerfile))
+        path = dockerfile_path(service)
         try:
             text = (src / path).read_text("utf-8")
         except (OSError, UnicodeDecodeError):
@@ -108,6 +108,11 @@ def digest(
             "secrets": _hashed(secrets) if builder == "buildkit" else "",
         }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def dockerfile_path(service) -> str:
+    """Where a built service's Dockerfile is in the source tree."""
+    return posixpath.normpath(posixpath.join(service.build_path, service.dockerfile))
 
 
 def _hashed(values: dict[str, str]) -> str:

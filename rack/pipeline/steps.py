@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import shutil
 import tempfile
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, BinaryIO, cast
 from rack import objects, releases
 from rack.builds.record import PHASES
 from rack.context import Rack
-from rack.errors import BuildPlatformError, BuildUserError, RackError, Unavailable
+from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
 from rack.pipeline import dockerfile, folders, inputs, manifest, parallel
@@ -238,6 +239,8 @@ class BuildRun:
 
     def run(self) -> None:
         """Fetch the source, read the manifest, then build or pull, tag and push every service."""
+        if self.reuse_before_assembly():
+            return
         self.fetch_source()
         self.check()
         text, name = self.read_manifest()
@@ -323,7 +326,7 @@ class BuildRun:
 
     def read_manifest(self) -> tuple[str, str]:
         """Read the manifest, save its text on the build, and return it with its name."""
-        name = self.options.get("manifest") or "convox.yml"
+        name = self.manifest_name
         path = inside(self.src, name, code=Reason.MANIFEST, what="manifest")
         if not path.is_file():
             raise BuildUserError(Reason.MANIFEST, f"manifest not found: {name}")
@@ -366,6 +369,38 @@ class BuildRun:
             if name in env and (name in self.secrets or SECRET_NAME.search(name)):
                 self.secrets[name] = env[name]
         return env
+
+    def reuse_before_assembly(self) -> bool:
+        """For a tree, look for an earlier build with the same inputs having written only the files they
+        are read from (the manifest, then the Dockerfiles); any trouble is left to the whole build."""
+        url = self.row["source_url"]
+        if not url.startswith(tree.SCHEME) or self.options.get("no_cache"):
+            return False
+        real, self.src = self.src, self.src.with_name("peek")
+        try:
+            with self.phases.timing("extract"):
+                self.src.mkdir()
+                self.tree = assemble(self.rack, url, self.src, stop=self.stopping, only=[self.manifest_name])
+            text, name = self.read_manifest()
+            env = self.build_env(name)
+            self.out.mask(secret_values(env, [self.rack.settings.registry_password]))
+            limit = self.rack.settings.manifest_max_bytes
+            services = manifest.load(text, env, max_bytes=limit, filename=name).services
+            needed = [inputs.dockerfile_path(s) for s in services if not s.image]
+            with self.phases.timing("extract"):
+                shutil.rmtree(self.src)
+                self.src.mkdir()
+                assemble(self.rack, url, self.src, stop=self.stopping, only=[name, *needed])
+            return self.reuse_earlier(services, env, text, name)
+        except BuildError:
+            return False
+        finally:
+            shutil.rmtree(self.src, ignore_errors=True)
+            self.src = real
+
+    @property
+    def manifest_name(self) -> str:
+        return self.options.get("manifest") or "convox.yml"
 
     def reuse_earlier(self, services: list, env: dict[str, str], text: str, name: str) -> bool:
         """Take the images of an earlier complete build with this one's inputs (never under --no-cache)."""

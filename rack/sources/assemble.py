@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,7 +15,9 @@ from rack.reasons import Reason
 from rack.sources import contents, tree
 
 
-def assemble(rack: Rack, url: str, dest: Path, *, stop: Stop | None = None) -> str:
+def assemble(
+    rack: Rack, url: str, dest: Path, *, stop: Stop | None = None, only: Iterable[str] | None = None
+) -> str:
     """Write the tree at `url` into the empty folder dest as safely as a tarball; return its digest.
 
     Raises BuildUserError (`user:source`) when the tree or one of its contents is gone or refused, and
@@ -37,6 +41,9 @@ def assemble(rack: Rack, url: str, dest: Path, *, stop: Stop | None = None) -> s
         except RackError as exc:
             raise BuildPlatformError(Reason.STORAGE, f"reading {member.name!r}: {exc.message}") from exc
 
+    if only is not None:  # just these files (a build reads its manifest and Dockerfiles before the rest)
+        wanted = {posixpath.normpath(path).strip("/") for path in only}
+        entries = [e for e in entries if e.kind == "file" and posixpath.normpath(e.path).strip("/") in wanted]
     by_path = {e.path: e.sha256 for e in entries if e.kind == "file"}
     settings = rack.settings
     extract_members(
