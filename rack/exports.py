@@ -26,7 +26,7 @@ from typing import BinaryIO, cast
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from rack import apps, objects, releases, skopeo
+from rack import apps, events, objects, releases, skopeo
 from rack.builds import record as builds
 from rack.context import Rack
 from rack.errors import (
@@ -317,7 +317,9 @@ def import_build(rack: Rack, app: str, body: BinaryIO) -> dict:
             done = sql.finish(conn, id=build_id, status="complete", fields=fields)
             if done is None:
                 raise Conflict(f"build {build_id} was ended while it was imported")
-            return done
     except BaseException:
         rack.store.delete(f"{app}/{objects.build_log_key(build_id)}")
         raise
+    events.emit(rack, "build:create", app=app, data={"id": build_id})  # as Convox's import sends it
+    events.build_ended(rack, done)
+    return done

@@ -19,7 +19,7 @@ import docker
 import pytest
 from docker.utils.build import tar
 
-from rack import apps, exports, objects, releases
+from rack import apps, events, exports, objects, releases
 from rack.builds import record as builds
 from rack.config import load_settings
 from rack.context import Rack
@@ -227,9 +227,12 @@ def test_build_json_is_sent_before_any_image_is_saved(src, original, monkeypatch
     assert saved == []
 
 
-def test_a_convox_export_imports(dst, engine):
+def test_a_convox_export_imports(dst, engine, monkeypatch):
     """An archive as a Convox rack exports it: build.json (no images field) and a skopeo OCI archive."""
     apps.create(dst, name="fromconvox")
+    sent: list[str] = []
+    monkeypatch.setattr(dst, "send_event", lambda hook_id, body: sent.append(json.loads(body)["action"]))
+    events.add(dst, "https://example.com/events", app="fromconvox")
     build = {
         "id": "BCONVOXMADE", "app": "theirs", "description": "built on convox", "entrypoint": "",
         "git-sha": "abc123", "logs": "object://theirs/build/BCONVOXMADE/logs",
@@ -258,6 +261,7 @@ def test_a_convox_export_imports(dst, engine):
     assert web == f"{dst.settings.registry}/fromconvox:web.{new['id']}"
     assert new["images"]["web"]["digest"].startswith("sha256:")
     assert run(engine, web) == "hello from convox\n"
+    assert sent == ["build:create", "build:complete", "release:create"]
     # A corrupt blob is refused before anything is pushed.
     spoilt = bytearray(image)
     at = spoilt.index(b"hello from convox")
