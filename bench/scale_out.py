@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import secrets
 import shutil
 import sys
 import tempfile
@@ -55,9 +56,10 @@ def source(registry: str, step: str) -> bytes:
 def submit(rack: Rack, app: str, body: bytes, *, unique: bool) -> str:
     if app not in {a["name"] for a in apps.list_all(rack)}:
         apps.create(rack, name=app)
-    objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(body))
+    key = f"tmp/src-{secrets.token_hex(4)}.tgz"  # an upload per build: a build's source goes when it ends
+    objects.put_bytes_stream(rack, app, key, io.BytesIO(body))
     args = ["BUILD_ID"] if unique else []
-    return record.create(rack, app, url=f"object://{app}/tmp/src.tgz", build_args=args)["id"]
+    return record.create(rack, app, url=f"object://{app}/{key}", build_args=args)["id"]
 
 
 def wait_all(rack: Rack, ids: dict[str, str], *, timeout: float) -> list[dict]:

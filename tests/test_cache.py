@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from rack_stack import Stack
 from tests.helpers import printed, tarball
 
 pytestmark = pytest.mark.docker
+SOURCES: dict[str, bytes] = {}  # each app's source tarball, uploaded anew for each of its builds
 
 
 @pytest.fixture
@@ -33,8 +35,11 @@ def cold_engine():
 
 
 def build_on(rack: Rack, app: str, *, worker: Rack | None = None, no_cache: bool = False) -> dict:
-    """Queue a build through `rack` and run it on `worker` (a Rack on another engine), else on `rack`."""
-    row = record.create(rack, app, url=f"object://{app}/tmp/src.tgz", no_cache=no_cache)
+    """Queue a build of the app's source through `rack` and run it on `worker` (a Rack on another engine)."""
+    # Each build gets its own upload, as from the CLI: a build's uploaded source is removed when it ends.
+    key = f"tmp/src-{secrets.token_hex(4)}.tgz"
+    objects.put_bytes_stream(rack, app, key, io.BytesIO(SOURCES[app]))
+    row = record.create(rack, app, url=f"object://{app}/{key}", no_cache=no_cache)
     worker = worker or rack
     done = pipeline.run_build(worker, row["id"], process=f"test:{worker.settings.docker_host}")
     assert done is not None and done["status"] == "complete", done and done["reason"]
@@ -61,7 +66,7 @@ def test_a_cold_worker_reuses_every_layer_of_the_apps_last_build(
         'CMD ["cat", "/stamp"]\n',
     }
     apps.create(rack, name="cached")
-    objects.put_bytes_stream(rack, "cached", "tmp/src.tgz", io.BytesIO(tarball(source)))
+    SOURCES["cached"] = tarball(source)
     first = build_on(rack, "cached")  # on the test stack's engine
     stamp = printed(docker_stack, first["images"]["web"]["image"])
 
@@ -97,7 +102,7 @@ def test_a_cache_image_gone_from_the_registry_is_skipped(
         "Dockerfile": f"FROM {registry}/busybox:latest\nRUN echo fresh > /fresh\n",
     }
     apps.create(rack, name="gone")
-    objects.put_bytes_stream(rack, "gone", "tmp/src.tgz", io.BytesIO(tarball(source)))
+    SOURCES["gone"] = tarball(source)
     first = build_on(rack, "gone")
     # Point the last build's image at a tag the registry never had.
     from rack.db import execute

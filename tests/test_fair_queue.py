@@ -127,8 +127,10 @@ def test_a_real_worker_serves_the_other_app_next(docker_stack, rack, settings, m
     ids = {}
     for app, count in (("burst", 3), ("other", 1)):
         apps.create(rack, name=app)
-        objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(tarball(SLOW)))
-        ids[app] = [record.create(rack, app, url=f"object://{app}/tmp/src.tgz")["id"] for _ in range(count)]
+        ids[app] = []
+        for n in range(count):  # an upload per build: a build's uploaded source goes when it ends
+            objects.put_bytes_stream(rack, app, f"tmp/src{n}.tgz", io.BytesIO(tarball(SLOW)))
+            ids[app].append(record.create(rack, app, url=f"object://{app}/tmp/src{n}.tgz")["id"])
     with Workers(env, tmp_path) as workers:
         workers.start("solo")
 

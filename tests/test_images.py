@@ -92,7 +92,7 @@ def test_api_image_answers_check_and_the_worker_image_builds_the_example(docker_
         def answers():
             try:
                 return requests.get(f"{url}/check", timeout=2)
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 api.reload()
                 assert api.status in ("created", "running"), _logs(api)
                 return None

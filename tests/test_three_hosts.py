@@ -53,12 +53,13 @@ def queue(rack, app: str, count: int, source: dict) -> list[str]:
         apps.create(rack, name=app)
     except Conflict:  # made by an earlier call
         pass
-    objects.put_bytes_stream(rack, app, "tmp/src.tgz", io.BytesIO(tarball(source)))
-    # BUILD_ID as a build arg: every build's step differs, so none comes from an engine's cache.
-    return [
-        record.create(rack, app, url=f"object://{app}/tmp/src.tgz", build_args=["BUILD_ID"])["id"]
-        for _ in range(count)
-    ]
+    ids = []
+    for _ in range(count):  # an upload per build, as from the CLI: a build's source goes when it ends
+        key = f"tmp/src-{secrets.token_hex(4)}.tgz"
+        objects.put_bytes_stream(rack, app, key, io.BytesIO(tarball(source)))
+        # BUILD_ID as a build arg: every build's step differs, so none comes from an engine's cache.
+        ids.append(record.create(rack, app, url=f"object://{app}/{key}", build_args=["BUILD_ID"])["id"])
+    return ids
 
 
 def source(step: str) -> dict:
