@@ -49,6 +49,8 @@ def docker_stack(stack):
 def settings(stack, tmp_path):
     env = dict(stack.env)
     env["RACK_STORAGE"] = f"file://{tmp_path}/objects"
+    # tests build one uploaded source more than once; tests/test_leftovers.py turns this off
+    env["RACK_KEEP_SOURCES"] = "true"
     return load_settings(env)
 
 

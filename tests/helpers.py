@@ -36,7 +36,7 @@ FAST_HEARTBEAT = {"heartbeat_interval": 1, "heartbeat_timeout": 5}
 
 def rack_env(base: Mapping[str, str], **settings: str | int) -> dict[str, str]:
     """Return os.environ with the stack's RACK_* variables and `settings` (`heartbeat_timeout=5`) on top."""
-    env = {**os.environ, **base, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **base, "PYTHONUNBUFFERED": "1", "RACK_KEEP_SOURCES": "true"}  # as conftest.settings
     env.update({f"RACK_{name.upper()}": str(value) for name, value in settings.items()})
     return env
 

@@ -20,7 +20,8 @@ GOOD = {"Dockerfile": "FROM busybox\nRUN echo good > /good\n"}
 @pytest.fixture
 def lrack(docker_stack, rack, monkeypatch):
     """The rack on the Docker stack, services built one after another."""
-    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, build_parallel=1))
+    settings = dataclasses.replace(rack.settings, build_parallel=1, keep_sources=False)
+    monkeypatch.setattr(rack, "settings", settings)
     return rack
 
 
