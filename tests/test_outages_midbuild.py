@@ -95,6 +95,8 @@ def test_redis_restarted_mid_build(docker_stack, rack, client, worker):
     assert refused[0]["reason"].startswith("platform:queue: ")
     resp = client.get(f"/apps/out/builds/{done['id']}/logs", query_string={"follow": "false"})
     assert resp.status_code == 200
+    # Once Redis is back, builds queue again (the first build's upload went when it ended: upload anew).
+    assert client.post("/apps/out/objects/tmp/src.tgz", data=b"any source").status_code == 200
     resp = client.post("/apps/out/builds", data={"url": "object://out/tmp/src.tgz"})
     assert resp.status_code == 200, resp.data
     assert client.post(f"/apps/out/builds/{resp.get_json()['id']}/cancel").get_json()["status"] == "failed"

@@ -57,6 +57,8 @@ def test_restarts_lose_nothing(docker_stack, settings, tmp_path):
 
         worker.stop()  # a graceful restart of the worker between builds
         worker = start_worker(env, name="w1", log_dir=tmp_path)
+        # The first build's upload went when it ended: upload the source again, as `convox build` does.
+        assert http.post(f"{api.url}/apps/keep/objects/tmp/src.tgz", data=tarball(SOURCE)).status_code == 200
         second_id = http.post(f"{api.url}/apps/keep/builds", data={"url": url}).json()["id"]
         second = wait_final(http, f"{api.url}/apps/keep/builds/{second_id}")
         assert second["status"] == "complete", second["reason"]
