@@ -47,6 +47,10 @@ def reap_forever(rack: Rack, stop: threading.Event, *, worker: str = "") -> None
         if time.monotonic() >= next_images:
             next_images = time.monotonic() + leftovers.SWEEP_INTERVAL
             leftovers.sweep_images(rack)  # never raises
+            try:
+                leftovers.sweep_uploads(rack)
+            except Exception:
+                log.warning("upload sweep failed", exc_info=True)
 
 
 @worker_ready.connect

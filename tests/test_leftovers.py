@@ -4,15 +4,15 @@ app's images go from the registry when it is deleted and from the engines at the
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 
 from rack import apps, objects
+from rack.builds import record
 from rack.pipeline import leftovers
 from rack.registry import Registry
 from tests.helpers import build, write_app
-
-pytestmark = pytest.mark.docker
 
 GOOD = {"Dockerfile": "FROM busybox\nRUN echo good > /good\n"}
 
@@ -35,6 +35,7 @@ def source_kept(rack, row: dict) -> bool:
     return rack.store.exists(f"{app}/{key}")
 
 
+@pytest.mark.docker
 def test_a_finished_build_leaves_no_source_unless_asked(lrack, tmp_path, monkeypatch):
     apps.create(lrack, name="gone")
     folder = write_app(tmp_path, {"convox.yml": "services:\n  web:\n    build: .\n", **GOOD})
@@ -47,6 +48,7 @@ def test_a_finished_build_leaves_no_source_unless_asked(lrack, tmp_path, monkeyp
     assert source_kept(lrack, kept)
 
 
+@pytest.mark.docker
 def test_a_build_failing_after_a_push_lists_no_images_and_leaves_no_tag(lrack, tmp_path):
     apps.create(lrack, name="half")
     folder = write_app(
@@ -79,6 +81,7 @@ def _log(rack, row: dict) -> str:
         return fh.read().decode()
 
 
+@pytest.mark.docker
 def test_deleting_an_app_removes_its_images_from_the_registry_and_the_engine(lrack, tmp_path, docker_stack):
     apps.create(lrack, name="doomed")
     apps.create(lrack, name="stays")
@@ -99,3 +102,22 @@ def test_deleting_an_app_removes_its_images_from_the_registry_and_the_engine(lra
         client.close()
     assert f"{registry}/doomed:web.{doomed['id']}" not in local
     assert f"{registry}/stays:web.{stays['id']}" in local
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_uploads_no_build_uses_go_after_a_grace(rack, monkeypatch, keep):
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, keep_sources=keep))
+    rack.redis.delete("rack:orphan-uploads")
+    apps.create(rack, name="orphans")
+    lost = objects.put(rack, "orphans", "tmp/never-built.tgz", io.BytesIO(b"x"))
+    waiting = objects.put(rack, "orphans", "tmp/waiting.tgz", io.BytesIO(b"y"))
+    objects.put(rack, "orphans", "kept/other.bin", io.BytesIO(b"z"))  # not an upload to build
+    build = record.create(rack, "orphans", url=waiting)  # `created`: its worker will want it
+    assert leftovers.sweep_uploads(rack, now=1000.0) == []  # first seen: an upload may await its build
+    removed = leftovers.sweep_uploads(rack, grace=3600, now=1000.0 + 3600)
+    assert removed == ([] if keep else ["orphans/tmp/never-built.tgz"])
+    assert rack.store.exists("orphans/tmp/never-built.tgz") == keep
+    assert rack.store.exists("orphans/tmp/waiting.tgz")
+    assert rack.store.exists("orphans/kept/other.bin")
+    assert build["status"] == "created"
+    assert lost == "object://orphans/tmp/never-built.tgz"
