@@ -14,6 +14,7 @@ from cli import sources, terminal
 from cli.appname import app_option, resolve_app
 from cli.client import RackClient
 from cli.logs import follow_build
+from cli.settings import config_dir
 from cli.source import Upload, package, size_of
 
 
@@ -168,7 +169,7 @@ def send_tree(client: RackClient, app: str, directory: str, manifest: str, say: 
     """Send only the contents the rack lacks; return the tree's URL (None: the rack takes archives only)."""
     say("Hashing source... ", nl=False)
     try:
-        tree = sources.scan(directory, manifest=manifest)
+        tree = sources.scan(directory, manifest=manifest, cache=config_dir() / "hashes.json")
     except OSError as exc:
         raise click.ClickException(f"cannot read {directory}: {exc}") from None
     say(f"OK ({tree.files:,} files, {sources.human(tree.size)})")

@@ -13,8 +13,10 @@ import json
 import os
 import stat
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -41,6 +43,7 @@ class Tree:
     sizes: dict[str, int] = field(default_factory=dict)  # sha256 -> size
     files: int = 0
     size: int = 0  # bytes in all files
+    hashed: int = 0  # files read to hash them (the others' sha256 came from the cache)
 
     def body(self) -> bytes:
         return json.dumps({"files": self.entries}, separators=(",", ":")).encode()
@@ -72,11 +75,63 @@ def human(n: float) -> str:
     return str(n)
 
 
-def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> Tree:
-    """List and hash what `convox build` sends from the folder (the same `.dockerignore` selection)."""
+class HashCache:
+    """Remembered sha256s of files by path, size, mtime and inode, as git's index does, in the config folder.
+
+    A file changed within RACY seconds of its hashing is not remembered: its mtime could repeat.
+    """
+
+    RACY = 2.0
+    LIMIT = 400_000  # entries kept; beyond it the oldest scans' are dropped
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.fresh: dict[str, list] = {}  # what this scan saw, remembered next time
+        if path is not None:
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def sha256(self, full: str, st: os.stat_result) -> str | None:
+        known = self.entries.get(full)
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        if isinstance(known, list) and known[:3] == key:
+            self.fresh[full] = known
+            return known[3]
+        return None
+
+    def remember(self, full: str, st: os.stat_result, sha: str) -> None:
+        if time.time() - st.st_mtime > self.RACY:
+            self.fresh[full] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        kept = {k: v for k, v in self.entries.items() if k not in self.fresh}
+        room = max(0, self.LIMIT - len(self.fresh))
+        merged = {**dict(list(kept.items())[max(0, len(kept) - room) :] if room else []), **self.fresh}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(merged, out, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache that cannot be written costs only the next scan's hashing
+
+
+def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml", cache: Path | None = None) -> Tree:
+    """List and hash what `convox build` sends from the folder (the same `.dockerignore` selection).
+
+    With `cache` (a file), sha256s of files unchanged since an earlier scan are taken from it.
+    """
     root = os.path.realpath(directory)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"not a folder: {directory}")
+    known = HashCache(cache)
     tree = Tree(root=root)
     for rel in source_files(root, manifest=manifest):
         full = os.path.join(root, rel)
@@ -87,8 +142,12 @@ def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> Tree:
         elif stat.S_ISDIR(st.st_mode):
             entry.update(type="dir")
         elif stat.S_ISREG(st.st_mode):
-            with open(full, "rb") as fh:
-                sha = hashlib.file_digest(fh, "sha256").hexdigest()
+            sha = known.sha256(full, st)
+            if sha is None:
+                with open(full, "rb") as fh:
+                    sha = hashlib.file_digest(fh, "sha256").hexdigest()
+                known.remember(full, st, sha)
+                tree.hashed += 1
             entry.update(type="file", size=st.st_size, sha256=sha)
             tree.paths.setdefault(sha, full)
             tree.sizes[sha] = st.st_size
@@ -97,6 +156,7 @@ def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> Tree:
         else:
             continue  # sockets and fifos: docker's archive leaves them out too
         tree.entries.append(entry)
+    known.save()
     return tree
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import tracemalloc
@@ -143,3 +144,28 @@ def test_package_gzips_only_what_compresses_and_the_rack_extracts_both(tmp_path,
         dest.mkdir()
         extract_tarball(fh, dest, max_bytes=10**8, max_entries=100)
     assert all((dest / f"f{n}").read_bytes() == (root / f"f{n}").read_bytes() for n in range(20))
+
+
+def test_scan_hashes_only_files_changed_since_the_last_scan(tmp_path):
+    from cli import sources
+
+    root = write_app(tmp_path / "ctx", {f"f{n}": f"content {n}\n" for n in range(10)})
+    old = 1_700_000_000  # older than the racy window: such files are remembered
+    for n in range(10):
+        os.utime(root / f"f{n}", (old, old))
+    cache = tmp_path / "config" / "hashes.json"
+    first = sources.scan(root, cache=cache)
+    assert first.hashed == first.files == 10
+    assert os.stat(cache).st_mode & 0o777 == 0o600
+    again = sources.scan(root, cache=cache)
+    assert again.hashed == 0 and again.entries == first.entries
+    (root / "f3").write_text("changed\n")  # a new mtime (now, inside the racy window: hashed every time)
+    changed = sources.scan(root, cache=cache)
+    assert changed.hashed == 1
+    (entry,) = [e for e in changed.entries if e["path"] == "f3"]
+    assert entry["sha256"] == hashlib.sha256(b"changed\n").hexdigest()
+    assert sources.scan(root, cache=cache).hashed == 1  # still racy: not trusted from the cache
+    (root / "f3").write_text("changed\n")
+    os.utime(root / "f3", (old + 5, old + 5))
+    assert sources.scan(root, cache=cache).hashed == 1
+    assert sources.scan(root, cache=cache).hashed == 0
