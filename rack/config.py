@@ -10,6 +10,13 @@ from rack.errors import RackError
 
 GiB = 1024**3
 BUILDERS = ("buildkit", "classic")
+# Where a build's RUN steps run, and the network mode that every builder passes for it
+# (`network_mode` of the engine's build API, `--network` of `docker build` with BuildKit).
+BUILD_NETWORKS = {
+    "isolated": "default",  # the engine's own bridge: egress only, no route to the rack or the host
+    "none": "none",  # no network at all
+    "host": "host",  # the engine's host network: only for a trusted, single-user machine
+}
 
 
 class ConfigError(RackError):
@@ -22,8 +29,8 @@ class Settings:
 
     password: str = field(repr=False)
     database_url: str = field(default="postgresql://rack@127.0.0.1:5432/rack", repr=False)
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str = ""
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    broker_url: str = field(default="", repr=False)
     storage: str = "file:///var/lib/rack/objects"
     s3_endpoint_url: str = ""
     registry: str = "127.0.0.1:5000"
@@ -65,6 +72,7 @@ class Settings:
     source_retention: int = 7 * 24 * 3600  # seconds a source's contents outlive the last build using them
     source_sweep_interval: int = 3600  # seconds between a worker's sweeps of unneeded contents
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
+    build_network: str = "isolated"  # see BUILD_NETWORKS
 
     @property
     def celery_broker(self) -> str:
@@ -103,6 +111,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     for name in ("app_max_running", "build_attempts"):
         if name in values and values[name] < 1:
             raise ConfigError(f"RACK_{name.upper()} must be at least 1, got {values[name]}")
+    if values.get("build_network", "isolated") not in BUILD_NETWORKS:
+        raise ConfigError(
+            f"RACK_BUILD_NETWORK must be one of {', '.join(BUILD_NETWORKS)}, got {values['build_network']!r}"
+        )
     if not values.get("password"):
         raise ConfigError("RACK_PASSWORD is required: set it to the password clients log in with")
     if values.get("builder", "buildkit") not in BUILDERS:
@@ -115,3 +127,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
 def variables() -> dict[str, bool]:
     """Return every `RACK_*` variable `load_settings` reads, mapped to whether it holds a credential."""
     return {f"RACK_{f.name.upper()}": not f.repr for f in fields(Settings)}
+
+
+def build_network_mode(settings: Settings) -> str:
+    """Return the network mode a builder gives a build's RUN steps, from RACK_BUILD_NETWORK."""
+    return BUILD_NETWORKS[settings.build_network]

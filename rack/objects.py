@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from rack import apps, metrics
 from rack.context import Rack
-from rack.errors import Invalid, NotFound
+from rack.errors import Forbidden, Invalid, NotFound
 from rack.storage import key_size_problem, shown
 
 MAX_KEY_BYTES = 1024  # S3's limit for a whole key
@@ -54,15 +54,23 @@ def _store_key(app: str, key: str) -> str:
     return f"{app}/{key}"
 
 
+RACK_PREFIX = "build/"  # the rack's own objects (build/<ID>/logs): clients read them, never write them
+
+
 def _writable(key: str) -> str:
-    """Refuse the keys where the rack keeps an app's source contents (see rack.sources)."""
+    """Refuse the keys where the rack keeps an app's source contents (see rack.sources) and build logs."""
     if key == RESERVED or key.startswith(RESERVED + "/"):
         raise Invalid(f"object keys under {RESERVED}/ are reserved for the rack's source contents")
+    if key == RACK_PREFIX.rstrip("/") or key.startswith(RACK_PREFIX):
+        raise Forbidden(
+            f"object key {shown(key)} is the rack's: keys under {RACK_PREFIX} hold build logs, which only "
+            "the rack writes; upload under another key (e.g. tmp/)"
+        )
     return key
 
 
 def put(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
-    """Stream an upload into the store within the size limit; return its object URL."""
+    """Stream a client's upload into the store within the size limit; return its object URL."""
     apps.get(rack, app)
     key = _writable(normalize_key(key))
     size = rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)

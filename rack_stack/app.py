@@ -89,7 +89,7 @@ class Worker(_AppService):
 
     @property
     def address(self) -> str:
-        return self.stack.env["RACK_REDIS_URL"]
+        return self.stack.services["redis"].address  # without the password: `up` and `status` print it
 
     def ready(self) -> bool:
         """Tell whether the worker process lives (it answers through the broker, not directly)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rack_stack import procs
+from rack_stack.registry import request as registry_request
 
 if TYPE_CHECKING:
     from rack_stack.stack import Stack
@@ -62,11 +63,12 @@ def _entry(name: str, kind: bytes, mode: int, *, size: int = 0, link: str = "") 
     return info
 
 
-def registry_digest(registry: str, name: str, tag: str) -> str | None:
+def registry_digest(registry: str, name: str, tag: str, *, username: str, password: str) -> str | None:
     """Return the digest of `name:tag` in the registry, or None if it has no such tag."""
-    request = urllib.request.Request(
-        f"http://{registry}/v2/{name}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES}
-    )
+    request = registry_request(
+        registry, f"{name}/manifests/{tag}", username=username, password=password,
+        method="HEAD", headers={"Accept": MANIFEST_TYPES},
+    )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.headers.get("Docker-Content-Digest")
@@ -81,6 +83,7 @@ def seed(stack: Stack) -> str:
     import docker
 
     registry = stack.env["RACK_REGISTRY"]
+    auth = {"username": stack.env["RACK_REGISTRY_USERNAME"], "password": stack.env["RACK_REGISTRY_PASSWORD"]}
     remote = f"{registry}/{NAME}"
     client = stack.docker()
     try:
@@ -91,15 +94,15 @@ def seed(stack: Stack) -> str:
             image = client.images.get(f"{NAME}:{TAG}")
         if f"{remote}:{TAG}" not in image.tags:
             image.tag(remote, TAG)
-        digest = registry_digest(registry, NAME, TAG)
+        digest = registry_digest(registry, NAME, TAG, **auth)
         if digest is None or f"{remote}@{digest}" not in image.attrs.get("RepoDigests", []):
-            _push(client, remote)
+            _push(client, remote, auth)
     finally:
         client.close()
     return f"{remote}:{TAG}"
 
 
-def _push(client, remote: str) -> None:
-    for event in client.images.push(remote, tag=TAG, stream=True, decode=True):
+def _push(client, remote: str, auth: dict) -> None:
+    for event in client.images.push(remote, tag=TAG, stream=True, decode=True, auth_config=auth):
         if "error" in event:
             raise procs.StartError(f"push of {remote}:{TAG} failed: {json.dumps(event)}")

@@ -1,38 +1,81 @@
-"""A private Docker engine (with its own containerd) whose state lives under the stack's home."""
+"""Private Docker engines (each with its own containerd) whose state lives under the stack's home.
+
+Unless the stack's build network is `host`, each engine runs inside a network namespace of its own
+(rack_stack.netns): its build containers get a bridge there, with egress through NAT, and no route to
+the host's loopback or any service of the rack. The engine reaches the registry through a forwarder on
+the namespace's loopback. `Dockerd(stack, index=N)` is the N-th engine of a stack (a host of its own,
+for scale-out): engine 0 keeps its files in the stack's home, the others in `<home>/engine<N>/`.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rack_stack import procs
+from rack_stack.netns import Namespace, delete_rules
 from rack_stack.service import Service
+
+if TYPE_CHECKING:
+    from rack_stack.stack import Stack
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+_SOCKET_PATH_MAX = 107
+FORWARDER = "rack_stack.netns"  # its module, run with -m
 
 
 class Dockerd(Service):
-    """dockerd without a bridge or iptables rules, so several engines can share one machine."""
+    """dockerd in a network namespace of its own (or, for `host` builds, on the host's with no bridge)."""
 
     name = "dockerd"
     proc_name = "dockerd"
     start_timeout = 60.0
     stop_timeout = 30.0
 
+    def __init__(self, stack: Stack, index: int = 0) -> None:
+        super().__init__(stack)
+        self.index = index
+        if index:
+            self.home = stack.home / f"engine{index}"
+            self.home.mkdir(exist_ok=True)
+
     @property
     def socket(self) -> Path:
-        return self.stack.docker_socket
+        if not self.index:
+            return self.stack.docker_socket
+        socket = self.home / "docker.sock"
+        return (
+            socket
+            if len(str(socket)) <= _SOCKET_PATH_MAX
+            else self.stack.run_dir / f"docker{self.index}.sock"
+        )
 
     @property
     def exec_root(self) -> Path:
-        return self.stack.run_dir / "docker-exec"
+        return self.stack.run_dir / (f"docker-exec{self.index}" if self.index else "docker-exec")
 
     @property
     def pidfile(self) -> Path:
         return self.home / "docker.pid"  # written by dockerd itself
 
+    def _forwarder_pidfile(self, port: int) -> Path:
+        return self.home / f"forward-{port}.pid"
+
     @property
     def address(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def isolated(self) -> bool:
+        """Tell whether the engine runs in a namespace of its own (every build network but `host`)."""
+        return self.stack.build_network != "host"
+
+    def namespace(self) -> Namespace:
+        """Return this engine's network namespace (named after the stack's home and the index)."""
+        return Namespace.for_key(f"{self.stack.home}#{self.index}")
 
     def ready(self) -> bool:
         """Tell whether the engine answers a ping."""
@@ -63,11 +106,42 @@ class Dockerd(Service):
             "--data-root", self.home / "docker",
             "--exec-root", self.exec_root,
             "--pidfile", self.pidfile,
-            "--bridge", "none",
-            "--iptables=false",
-            "--ip-masq=false",
         ]  # fmt: skip
+        if not self.isolated:
+            # On the host's network: no bridge and no rules of ours, so engines can share the machine.
+            argv += ["--bridge", "none", "--iptables=false", "--ip-masq=false"]
+            return procs.spawn(argv, log=self.log, cwd=self.home)
+        ns = self.namespace()
+        ns.create()
+        self.forward(self.stack.ports["registry"], ns=ns)
+        # The bridge and dockerd's iptables rules (NAT for the containers) live in the namespace only.
+        argv = ["nsenter", f"--net={ns.path}", *argv, "--bip", ns.bridge_cidr]
         return procs.spawn(argv, log=self.log, cwd=self.home)
+
+    def forward(self, port: int, *, ns: Namespace | None = None) -> None:
+        """Let the engine (not its containers) reach 127.0.0.1:`port` of the host, as everyone names it.
+
+        The stack's registry is forwarded from the start; call this for another one (a second rack's
+        registry, or the shared registry of a scale-out stack). Nothing to do for a `host` engine.
+        """
+        if not self.isolated:
+            return
+        pidfile = self._forwarder_pidfile(port)
+        if procs.alive(procs.read_pid(pidfile), FORWARDER):
+            return
+        ns = ns or self.namespace()
+        log = self.home / "forward.log"
+        offset = log.stat().st_size if log.exists() else 0
+        argv = [sys.executable, "-m", FORWARDER, ns.path, str(port)]
+        pid = procs.spawn(argv, log=log, pidfile=pidfile, cwd=CHECKOUT)
+
+        def listening() -> bool:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return f"forwarding [{port}]".encode() in f.read()
+
+        if not procs.wait_for(lambda: listening() or not procs.alive(pid), timeout=10) or not listening():
+            raise procs.StartError(f"the registry forwarder did not start:\n{procs.log_tail(log)}")
 
     def cleanup(self) -> None:
         """Stop the containerd and shims this engine started, if dockerd left them behind."""
@@ -83,6 +157,12 @@ class Dockerd(Service):
         # which would pile up on every restart and make the folder impossible to delete.
         for mount in sorted(_mounts_under(self.exec_root, self.home / "docker"), reverse=True):
             subprocess.run(["umount", "--lazy", mount], capture_output=True)
+        for pidfile in self.home.glob("forward-*.pid"):
+            procs.kill(procs.read_pid(pidfile), timeout=5, name=FORWARDER)
+            pidfile.unlink(missing_ok=True)
+        ns = self.namespace()
+        ns.delete()
+        delete_rules(ns.name)  # of a namespace that went before its rules
 
 
 def _mounts_under(*folders: Path) -> list[str]:

@@ -1,4 +1,8 @@
-"""Postgres from Debian's binaries, run as the `postgres` user on loopback, with role and database `rack`."""
+"""Postgres from Debian's binaries, run as the `postgres` user on loopback, with role and database `rack`.
+
+Nobody is trusted: the `rack` role logs in over TCP with its password (scram-sha-256); the superuser
+only through the unix socket, as the operating-system user Postgres runs as (peer), never over TCP.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ def _user() -> str | None:
     return USER if os.geteuid() == 0 else None
 
 
-def _run_as_postgres(argv: list, *, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a command as the user Postgres runs as."""
+def _run_as_postgres(argv: list, *, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command as the user Postgres runs as, with `stdin` as its input (secrets go there, not argv)."""
     user = _user()
     return subprocess.run(
         argv,
@@ -43,10 +47,18 @@ def _run_as_postgres(argv: list, *, cwd: Path) -> subprocess.CompletedProcess:
         extra_groups=[] if user else None,
         cwd=cwd,
         env=procs.base_env(),
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         text=True,
     )
+
+
+def _os_user() -> str:
+    """Return the name of the operating-system user Postgres runs as."""
+    import pwd
+
+    return _user() or pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _let_others_traverse(path: Path) -> bool:
@@ -110,14 +122,23 @@ class Postgres(Service):
                 procs.kill(procs.read_pid(self.pidfile), sig=self.stop_signal, name=self.proc_name)
 
     def ready(self) -> bool:
-        """Tell whether the `rack` database accepts the `rack` role."""
+        """Tell whether the `rack` database accepts the `rack` role with its password."""
         import psycopg2
 
         try:
-            self._connect(user=DATABASE, dbname=DATABASE).close()
+            psycopg2.connect(self.stack.env["RACK_DATABASE_URL"], connect_timeout=2).close()
         except psycopg2.OperationalError:
             return False
         return True
+
+    def admin(self, sql: str) -> str:
+        """Run SQL as the superuser through the unix socket (peer auth) and return psql's output."""
+        argv = [bin_dir() / "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", self.sockets, "-p", str(self.port), "-U", USER, "-d", "postgres"]
+        result = _run_as_postgres(argv, cwd=self.sockets, stdin=sql)
+        if result.returncode != 0:
+            raise procs.StartError(f"psql as {USER} failed: {result.stderr.strip()}")
+        return result.stdout
 
     def cleanup(self) -> None:
         """Leave postmaster.pid alone: Postgres removes it itself and checks a stale one safely."""
@@ -136,7 +157,8 @@ class Postgres(Service):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
         _chown(staging)
-        argv = [bindir / "initdb", "-D", staging, "--username", USER, "--auth", "trust"]
+        argv = [bindir / "initdb", "-D", staging, "--username", USER]
+        argv += ["--auth-local", "peer", "--auth-host", "scram-sha-256"]  # replaced by rack_hba.conf
         argv += ["--encoding", "UTF8", "--no-locale", *(["--no-sync"] if self.stack.fast else [])]
         result = _run_as_postgres(argv, cwd=staging)
         if result.returncode != 0:
@@ -148,12 +170,24 @@ class Postgres(Service):
     def _configure(self) -> None:
         self.sockets.mkdir(parents=True, exist_ok=True)
         _chown(self.sockets)
+        hba, ident = self.data / "rack_hba.conf", self.data / "rack_ident.conf"
+        hba.write_text(
+            "# Written by rack_stack on every start. No trust; the superuser only on the unix socket.\n"
+            f"local all {USER} peer map=stack\n"
+            f"host all {DATABASE} 127.0.0.1/32 scram-sha-256\n"
+        )
+        ident.write_text(f"# Written by rack_stack on every start.\nstack {_os_user()} {USER}\n")
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.sockets}'",
+            "hba_file": f"'{hba}'",
+            "ident_file": f"'{ident}'",
+            "password_encryption": "'scram-sha-256'",
             **(FAST_SETTINGS if self.stack.fast else {}),
         }
+        for path in (hba, ident):
+            _chown(path)
         conf = self.data / "rack.conf"
         lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
         conf.write_text("# Written by rack_stack on every start.\n" + lines)
@@ -188,34 +222,23 @@ class Postgres(Service):
             time.sleep(0.2)
 
     def _accepts(self) -> bool:
-        import psycopg2
-
-        try:
-            self._connect().close()
-        except psycopg2.OperationalError:
-            return False
-        return True
+        """Tell whether the postmaster accepts connections (pg_isready: no login needed)."""
+        argv = [bin_dir() / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"]
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
     def _create_database(self) -> None:
-        import psycopg2
-
+        """Create the `rack` role and database if missing, and (re)set the role's password."""
+        password = self.stack.secrets["postgres"]
+        if "'" in password:
+            raise procs.StartError("the postgres password must not contain a quote")
+        sql = (
+            f"SELECT 'CREATE ROLE {DATABASE}' WHERE NOT EXISTS "
+            f"(SELECT 1 FROM pg_roles WHERE rolname = '{DATABASE}') \\gexec\n"
+            f"ALTER ROLE {DATABASE} WITH LOGIN NOSUPERUSER PASSWORD '{password}';\n"
+            f"SELECT 'CREATE DATABASE {DATABASE} OWNER {DATABASE}' WHERE NOT EXISTS "
+            f"(SELECT 1 FROM pg_database WHERE datname = '{DATABASE}') \\gexec\n"
+        )
         try:
-            conn = self._connect()
-        except psycopg2.OperationalError as exc:
-            raise procs.StartError(f"postgres started but refuses connections: {exc}") from exc
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DATABASE,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE ROLE {DATABASE} LOGIN")
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE DATABASE {DATABASE} OWNER {DATABASE}")
-        finally:
-            conn.close()
-
-    def _connect(self, *, user: str = USER, dbname: str = "postgres"):
-        import psycopg2
-
-        return psycopg2.connect(host="127.0.0.1", port=self.port, user=user, dbname=dbname, connect_timeout=2)
+            self.admin(sql)
+        except procs.StartError as exc:
+            raise procs.StartError(f"postgres started but the rack role could not be set up: {exc}") from exc

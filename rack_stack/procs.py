@@ -69,6 +69,15 @@ def write_pid(pidfile: Path, pid: int) -> None:
     tmp.replace(pidfile)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def read_pid(pidfile: Path) -> int | None:
     """Return the pid on the first line of `pidfile`, or None if there is none."""
     try:

@@ -1,4 +1,4 @@
-"""Redis on loopback with an append-only file, so a restart keeps the log streams."""
+"""Redis on loopback with an append-only file (a restart keeps the log streams), behind a password."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ class Redis(Service):
         """Tell whether Redis answers PING (it answers LOADING while it replays its file)."""
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.stack.secrets["redis"],
+            socket_timeout=2, socket_connect_timeout=1,
+        )  # fmt: skip
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -39,9 +42,12 @@ class Redis(Service):
         conf = self.home / "redis.conf"
         # Not `daemonize yes`: spawn() already detaches it, and this way the pid is known at once.
         fsync = "no" if self.stack.fast else "everysec"
-        conf.write_text(
+        # The password sits in the file (mode 0600), not on the command line, where `ps` would show it.
+        procs.write_private(
+            conf,
             "# Written by rack_stack on every start.\n"
             f'bind 127.0.0.1\nport {self.port}\ndir "{data}"\n'
             f'daemonize no\nlogfile ""\nappendonly yes\nappendfsync {fsync}\nsave ""\n'
+            f"requirepass {self.stack.secrets['redis']}\n",
         )
         return procs.spawn(["redis-server", conf], log=self.log, pidfile=self.pidfile, cwd=data)

@@ -22,6 +22,10 @@ from rack_stack.registry import Registry
 from rack_stack.service import Service
 
 SERVICES = ("postgres", "redis", "dockerd", "registry")
+# Credentials of the internal services, generated once into <home>/secrets/ (mode 0600).
+SECRETS = ("postgres", "redis", "registry")
+REGISTRY_USER = "rack"
+BUILD_NETWORKS = ("isolated", "none", "host")  # as RACK_BUILD_NETWORK (rack/config.py)
 APP_SERVICES = ("api", "worker")
 PORT_KEYS = ("postgres", "redis", "registry", "api")
 # The local rack's ports (deploy/local/up); stacks on free ports keep clear of them.
@@ -45,13 +49,20 @@ class Stack:
         *,
         fast: bool = False,
         default_ports: Mapping[str, int] | None = None,
+        build_network: str | None = None,
     ) -> None:
         self.home = Path(home).absolute()
         self.fast = fast
+        self.build_network = build_network or os.environ.get("RACK_BUILD_NETWORK") or "isolated"
+        if self.build_network not in BUILD_NETWORKS:
+            raise ValueError(
+                f"build network {self.build_network!r}: choose one of {', '.join(BUILD_NETWORKS)}"
+            )
         self.home.mkdir(parents=True, exist_ok=True)
         self.services: dict[str, Service] = {name: cls(self) for name, cls in _CLASSES.items()}
         self.ports = self._load_ports(dict(ports or {}), dict(default_ports or {}))
         self.password = self._load_password()
+        self.secrets = {name: self._load_secret(name) for name in SECRETS}
 
     @property
     def run_dir(self) -> Path:
@@ -71,13 +82,18 @@ class Stack:
     def env(self) -> dict[str, str]:
         """Return the RACK_* settings that point the API, the worker and the CLI at this stack."""
         return {
-            "RACK_DATABASE_URL": f"postgresql://rack@127.0.0.1:{self.ports['postgres']}/rack",
-            "RACK_REDIS_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
+            "RACK_DATABASE_URL": (
+                f"postgresql://rack:{self.secrets['postgres']}@127.0.0.1:{self.ports['postgres']}/rack"
+            ),
+            "RACK_REDIS_URL": f"redis://:{self.secrets['redis']}@127.0.0.1:{self.ports['redis']}/0",
             "RACK_STORAGE": f"file://{self.home / 'objects'}",
             "RACK_REGISTRY": f"127.0.0.1:{self.ports['registry']}",
+            "RACK_REGISTRY_USERNAME": REGISTRY_USER,
+            "RACK_REGISTRY_PASSWORD": self.secrets["registry"],
             "RACK_DOCKER_HOST": f"unix://{self.docker_socket}",
             "RACK_PASSWORD": self.password,
             "RACK_NAME": "local",
+            "RACK_BUILD_NETWORK": self.build_network,
             "RACK_API_URL": f"http://127.0.0.1:{self.ports['api']}",
         }
 
@@ -139,7 +155,7 @@ class Stack:
         """Write `<home>/rack.env`, a shell file of `export KEY='value'` lines, and return its path."""
         path = self.home / "rack.env"
         lines = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in self.env.items())
-        _write_private(path, lines)
+        procs.write_private(path, lines)
         return path
 
     def _names(self, services: Iterable[str]) -> list[str]:
@@ -173,14 +189,18 @@ class Stack:
     def _load_password(self) -> str:
         path = self.home / "password"
         if not path.exists():
-            _write_private(path, secrets.token_urlsafe(24) + "\n")
+            procs.write_private(path, secrets.token_urlsafe(24) + "\n")
         return path.read_text().strip()
 
+    def _load_secret(self, name: str) -> str:
+        """Return the password of an internal service, generating it on first use.
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        Remove the file and restart the stack to rotate it: each service is given its password on
+        every start.
+        """
+        folder = self.home / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / name
+        if not path.exists():
+            procs.write_private(path, secrets.token_urlsafe(24) + "\n")
+        return path.read_text().strip()

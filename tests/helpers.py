@@ -239,6 +239,18 @@ def basic(password: str, user: str = "convox") -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+def registry_open(settings, path: str, *, method: str = "GET", accept: str = ""):
+    """Open `/v2/<path>` of the rack's registry with the rack's registry credentials."""
+    from rack_stack.registry import request
+
+    headers = {"Accept": accept} if accept else {}
+    req = request(
+        settings.registry, path, username=settings.registry_username,
+        password=settings.registry_password, method=method, headers=headers,
+    )  # fmt: skip
+    return urllib.request.urlopen(req, timeout=10)
+
+
 def run_image(client, image: str, *command: str, entrypoint: bool = True) -> str:
     """Run an image to its end with no network and return what it printed (stdout and stderr).
 

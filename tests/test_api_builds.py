@@ -151,3 +151,26 @@ def test_put_release_must_exist(client, source):
     build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
     resp = client.put(f"/apps/myapp/builds/{build_id}", data={"release": "RNOSUCHRELX"})
     assert resp.status_code == 404
+
+
+def test_logs_is_set_by_the_rack_only(client, source):
+    client.post("/apps", data={"name": "other"})
+    theirs = client.post("/apps/other/objects/tmp/secret.txt", data=b"the other app's data").get_json()["Url"]
+    build_id = client.post("/apps/myapp/builds", data={"url": source}).get_json()["id"]
+    resp = client.put(f"/apps/myapp/builds/{build_id}", data={"logs": theirs, "description": "x"})
+    assert resp.status_code == 403
+    assert "logs is set by the rack only" in resp.get_json()["error"]
+    row = client.get(f"/apps/myapp/builds/{build_id}").get_json()
+    assert (row["logs"], row["description"]) == ("", "")  # nothing of the request applied
+    assert client.put(f"/apps/myapp/builds/{build_id}", data={"status": "failed"}).status_code == 200
+    assert b"the other app's data" not in client.get(f"/apps/myapp/builds/{build_id}/logs").data
+
+
+@pytest.mark.parametrize("key", ["build/BFORGEDXXXX/logs", "build//BFORGEDXXXX/logs", "build", "./build/x"])
+def test_keys_under_build_are_not_writable_through_the_objects_api(client, source, key):
+    resp = client.post(f"/apps/myapp/objects/{key}", data=b"forged log")
+    assert resp.status_code == 403, resp.data
+    assert "only the rack writes" in resp.get_json()["error"]
+    assert client.delete(f"/apps/myapp/objects/{key}").status_code == 403
+    assert client.head("/apps/myapp/objects/build/BFORGEDXXXX/logs").status_code == 404
+    assert client.post("/apps/myapp/objects/builds/mine.txt", data=b"fine").status_code == 200

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -16,6 +15,7 @@ from rack.errors import BuildPlatformError, BuildUserError
 from rack.pipeline.engine.classic import Engine, Progress, drain, split_image
 from rack.pipeline.steps import open_engine
 from rack.reasons import Reason
+from tests.helpers import registry_open
 
 
 def test_split_image():
@@ -131,12 +131,10 @@ def test_push_returns_the_registry_digest(engine, engine_settings):
     digest = drain(engine.push(tag), lines.append)
     assert digest.startswith("sha256:")
     assert lines[0].startswith("The push refers to repository")
-    request = urllib.request.Request(
-        f"http://{engine_settings.registry}/v2/enginetest/manifests/tools.B2",
-        method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    accept = "application/vnd.docker.distribution.manifest.v2+json"
+    with registry_open(
+        engine_settings, "enginetest/manifests/tools.B2", method="HEAD", accept=accept
+    ) as response:
         assert response.headers["Docker-Content-Digest"] == digest
 
 

@@ -11,7 +11,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from rack.pipeline import run as pipeline
 from rack.sql import builds as builds_sql
 from rack_api import create_app
 from rack_stack import Stack
-from tests.helpers import basic, oci_archive, run_image
+from tests.helpers import basic, oci_archive, registry_open, run_image
 
 pytestmark = pytest.mark.docker
 
@@ -68,11 +67,17 @@ def src(docker_stack, home):
 
 
 @pytest.fixture(scope="module")
-def dst(src, home):
+def dst(docker_stack, src, home):
     """The importing rack: a registry and an object store of its own (the same engine and database)."""
     stack = Stack(home / "registry2", fast=True)
     stack.start(services=("registry",))
-    r = make_rack(src.settings, registry=stack.env["RACK_REGISTRY"], storage=f"file://{home}/dst")
+    docker_stack.services["dockerd"].forward(stack.ports["registry"])
+    r = make_rack(
+        src.settings,
+        registry=stack.env["RACK_REGISTRY"],
+        registry_password=stack.env["RACK_REGISTRY_PASSWORD"],
+        storage=f"file://{home}/dst",
+    )
     yield r
     r.close()
     stack.stop(services=("registry",))
@@ -181,10 +186,9 @@ def test_import_makes_a_complete_build_and_release_with_images_pushed(dst, origi
     assert set(new["images"]) == {"web", "worker", "tools"}
     for service, image in new["images"].items():
         assert image["image"] == f"{registry}/copy:{service}.{new['id']}"
-        url = f"http://{registry}/v2/copy/manifests/{service}.{new['id']}"
+        path = f"copy/manifests/{service}.{new['id']}"
         accept = f"{MANIFEST_V2}, application/vnd.oci.image.manifest.v1+json"
-        request = urllib.request.Request(url, method="HEAD", headers={"Accept": accept})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with registry_open(dst.settings, path, method="HEAD", accept=accept) as response:
             assert response.headers["Docker-Content-Digest"] == image["digest"]
     _, key = objects.parse_url(new["logs"])
     log = objects.open_object(dst, "copy", key).read().decode()
@@ -367,3 +371,53 @@ def test_an_older_export_of_docker_save_archives_still_imports(dst, original, en
     resp = api(dst).post("/apps/older/builds/import", data=body)
     assert resp.status_code == 200, resp.get_json()
     assert run(engine, resp.get_json()["images"]["web"]["image"]) == printed
+
+
+def _retagged(image_tar: bytes, tags: list[str]) -> bytes:
+    """Return a `docker save` archive whose manifest.json and `repositories` name other tags."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(image_tar)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src:
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest[0]["RepoTags"] = tags
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+        legacy = json.dumps({"busybox": {"latest": "0" * 64}}).encode()
+        info = tarfile.TarInfo("repositories")
+        info.size = len(legacy)
+        dst.addfile(info, io.BytesIO(legacy))
+    return out.getvalue()
+
+
+def test_a_crafted_import_retags_nothing_but_its_own_image(dst, original, engine):
+    """A docker-save archive whose RepoTags name a base image and another app's tag repoints neither."""
+    row, printed, _ = original
+    victim = f"{dst.settings.registry}/victim:web.BVICTIMXXXX"
+    engine.images.get("busybox:latest").tag(victim)
+    auth = {"username": dst.settings.registry_username, "password": dst.settings.registry_password}
+    assert "error" not in engine.api.push(victim, auth_config=auth)
+    accept = f"{MANIFEST_V2}, application/vnd.oci.image.manifest.v1+json"
+
+    def digest(tag: str) -> str:
+        path = tag.removeprefix(dst.settings.registry + "/").replace(":", "/manifests/")
+        with registry_open(dst.settings, path, method="HEAD", accept=accept) as response:
+            return response.headers["Docker-Content-Digest"]
+
+    before = ({name: engine.images.get(name).id for name in ("busybox:latest", victim)}, digest(victim))
+    web = row["images"]["web"]["image"]
+    engine.images.pull(web, auth_config=auth)
+    crafted = _retagged(b"".join(engine.api.get_image(web)), ["busybox:latest", victim])
+    only_web = {**builds.serialize(row), "images": {"web": row["images"]["web"]}}
+    apps.create(dst, name="crafted")
+    body = tgz({"build.json": json.dumps(only_web).encode(), f"web.{row['id']}.tar": crafted})
+    resp = api(dst).post("/apps/crafted/builds/import", data=body)
+    assert resp.status_code == 200, resp.get_json()
+    after = ({name: engine.images.get(name).id for name in ("busybox:latest", victim)}, digest(victim))
+    assert after == before  # neither the engine's tags nor the registry's moved
+    imported = resp.get_json()["images"]["web"]["image"]
+    assert imported == f"{dst.settings.registry}/crafted:web.{resp.get_json()['id']}"
+    assert run(engine, imported) == printed  # the archive's own image, under the rack's own name
+    engine.images.remove(victim)

@@ -20,13 +20,10 @@ def fresh_db(stack):
     """An empty database of its own on the test Postgres."""
     name = f"mig_{secrets.token_hex(4)}"
     base = stack.env["RACK_DATABASE_URL"].rsplit("/", 1)[0]
-    admin = psycopg2.connect(base.replace("//rack@", "//postgres@") + "/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name} OWNER rack")
-    url = f"{base}/{name}"
-    yield url
-    admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.close()
+    postgres = stack.services["postgres"]
+    postgres.admin(f"CREATE DATABASE {name} OWNER rack")
+    yield f"{base}/{name}"
+    postgres.admin(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def versions(url: str) -> list[str]:

@@ -22,12 +22,13 @@ SOURCE = {
 
 
 @pytest.fixture
-def second_engine():
+def second_engine(docker_stack):
     """A second Docker engine, as on a second worker host, with the base image in it."""
     home = Path(tempfile.mkdtemp(prefix="rack-engine2-", dir="/tmp"))
     home.chmod(0o755)
     stack = Stack(home, fast=True)
     stack.start(["dockerd"])
+    stack.services["dockerd"].forward(docker_stack.ports["registry"])  # the shared registry
     client = stack.docker()
     client.api.import_image_from_data(rootfs_tar(), repository=NAME, tag=TAG, changes=CHANGES)
     yield stack

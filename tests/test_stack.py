@@ -16,7 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from rack_stack import SERVICES, Stack, procs
+from rack_stack import SERVICES, Stack, procs, registry
 from rack_stack.app import CHECKOUT
 from rack_stack.cli import main
 from tests.helpers import run_image
@@ -42,7 +42,8 @@ def test_cli_env_prints_shell_exports(tmp_path):
 
     assert result.exit_code == 0, result.output
     assert "export RACK_API_URL=http://127.0.0.1:2345\n" in result.output
-    assert "export RACK_DATABASE_URL=postgresql://rack@127.0.0.1:15432/rack\n" in result.output
+    secret = (tmp_path / "s" / "secrets" / "postgres").read_text().strip()
+    assert f"export RACK_DATABASE_URL=postgresql://rack:{secret}@127.0.0.1:15432/rack\n" in result.output
     assert (tmp_path / "s" / "rack.env").read_text() == result.output
 
 
@@ -117,7 +118,7 @@ def _assert_all_answer(stack: Stack) -> None:
     client = stack.docker()
     assert client.ping()
     client.close()
-    with urllib.request.urlopen(f"http://{stack.env['RACK_REGISTRY']}/v2/") as response:
+    with urllib.request.urlopen(_registry(stack, "")) as response:
         assert response.status == 200
 
 
@@ -129,6 +130,15 @@ def _assert_builds_from_busybox(stack: Stack) -> None:
     output = run_image(client, "stack-test:1", "sh", "-c", "cat /greeting; echo ok", entrypoint=False)
     assert output == "hi\nok\n"
     client.close()
-    tags = f"http://{stack.env['RACK_REGISTRY']}/v2/busybox/tags/list"
-    with urllib.request.urlopen(tags) as response:
+    with urllib.request.urlopen(_registry(stack, "busybox/tags/list")) as response:
         assert json.load(response)["tags"] == ["latest"]
+
+
+def _registry(stack: Stack, path: str) -> urllib.request.Request:
+    env = stack.env
+    return registry.request(
+        env["RACK_REGISTRY"],
+        path,
+        username=env["RACK_REGISTRY_USERNAME"],
+        password=env["RACK_REGISTRY_PASSWORD"],
+    )

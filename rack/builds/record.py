@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from rack import apps, events, objects
 from rack.builds import queue
 from rack.context import Rack
-from rack.errors import Conflict, Invalid, NotFound, Unavailable
+from rack.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
 from rack.logs.stream import BuildLog
 from rack.reasons import Reason
@@ -182,9 +182,14 @@ def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict
     Status moves only forward, each move one guarded statement: `created` → `running` (which then
     heartbeats on every PUT), `created`/`running` → `complete`/`failed` (which ends the log stream).
     """
+    if changes.get("logs") is not None:
+        raise Forbidden(
+            f"logs is set by the rack only: the log of build {build_id} is stored at "
+            f"{objects.url(app, objects.build_log_key(build_id))} when the build ends"
+        )
     row = get(rack, app, build_id)
     fields: dict = {}
-    for key in ("entrypoint", "logs", "manifest", "release", "description"):
+    for key in ("entrypoint", "manifest", "release", "description"):
         if changes.get(key) is not None:
             fields[key] = changes[key]
     for key in ("started", "ended"):

@@ -6,6 +6,8 @@ import re
 import shlex
 from collections.abc import Iterable, Iterator, Mapping
 
+from rack.logs.masking import SECRET_NAME
+
 _DIRECTIVE = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(\S*)\s*")
 _HEREDOC = re.compile(r"<<-?([\"']?)([A-Za-z_][A-Za-z0-9_]*)\1")
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -84,8 +86,26 @@ def _expand(word: str, values: Mapping[str, str | None]) -> str | None:
 
 
 def build_args(declared: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
-    """Return the values from env for the declared ARG names, and nothing else."""
-    return {name: env[name] for name in declared if name in env}
+    """Return the values from env for the declared ARG names, and nothing else; never a secret-named one.
+
+    An ARG's value is written into the image's history (`|1 API_TOKEN=…`), so it would sit in clear text
+    in the registry and in every export: secrets reach a build as secret mounts only.
+    """
+    return {name: env[name] for name in declared if name in env and not SECRET_NAME.search(name)}
+
+
+def withheld_args(declared: Iterable[str], env: Mapping[str, str]) -> list[str]:
+    """Return the declared ARG names that have a value but are not passed, because they look secret."""
+    return [name for name in declared if name in env and SECRET_NAME.search(name)]
+
+
+def withheld_notice(name: str) -> str:
+    """Return the build log's line saying why a build arg was not passed, and what to do instead."""
+    return (
+        f"Not passing build arg {name}: its name looks secret, and an ARG's value stays in the image's "
+        f"history, the registry and exports. Read it from a secret mount instead: "
+        f"RUN --mount=type=secret,id={name} (at /run/secrets/{name}; with RACK_BUILDER=buildkit)"
+    )
 
 
 def instructions(text: str) -> list[tuple[str, str]]:

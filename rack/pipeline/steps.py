@@ -489,15 +489,12 @@ class BuildRun:
             text = path.read_text("utf-8")
         except UnicodeDecodeError as exc:
             raise BuildUserError(Reason.DOCKERFILE, f"{shown} is not UTF-8 text: {exc}") from exc
-        args = dockerfile.build_args(dockerfile.declared_args(text), env)
+        declared = dockerfile.declared_args(text)
+        args = dockerfile.build_args(declared, env)
         development = self.options.get("development") and dockerfile.has_target(text, "development")
         say(f"Building: {service.name}")
-        if self.engine.builder == "buildkit":
-            for name in sorted(n for n in args if SECRET_NAME.search(n)):
-                say(
-                    f"Warning: {name} is passed as a build arg and stays in the image's history: "
-                    f"read it with RUN --mount=type=secret,id={name} (at /run/secrets/{name}) instead"
-                )
+        for name in dockerfile.withheld_args(declared, env):
+            say(dockerfile.withheld_notice(name))
         drain(
             self.engine.build(
                 context=context,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rack.config import Settings
+from rack.config import Settings, build_network_mode
 from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError
 from rack.pipeline import dockerfile as parse
 from rack.pipeline.engine import classic
@@ -57,11 +57,6 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_the_worker() -> None:
     """In the client's process, before exec: get SIGTERM (cancel the build) when the worker dies."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def build_network(settings: Settings) -> str:
-    """Return the network mode for `RUN` steps: the engine runs with `--bridge none`, so the host's."""
-    return "host"
 
 
 @dataclass
@@ -309,7 +304,7 @@ class Engine(classic.Engine):
             argv = [
                 DOCKER, "-H", self.settings.docker_host, "build", "--progress=plain",
                 "--file", str(path), "--tag", tag, "--iidfile", str(iidfile),
-                "--network", build_network(self.settings),
+                "--network", build_network_mode(self.settings),
                 "--build-arg", "BUILDKIT_INLINE_CACHE=1",
             ]  # fmt: skip
             env = {

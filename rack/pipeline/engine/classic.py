@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from rack.config import Settings
+from rack.config import Settings, build_network_mode
 from rack.errors import BuildError, BuildPlatformError, BuildUserError
 from rack.pipeline.engine.stream import (
     TRANSPORT,
@@ -164,7 +164,7 @@ class Engine:
             pull=False,  # no outside registry: FROM images come from the engine or our registry
             rm=True,
             forcerm=False,  # a failed step's container stays until _remove_container: why did it stop?
-            network_mode="host",  # the engine runs with --bridge none
+            network_mode=build_network_mode(self.settings),
             container_limits=self._limits(),
             decode=True,
         )
