@@ -73,6 +73,7 @@ class Settings:
     source_sweep_interval: int = 3600  # seconds between a worker's sweeps of unneeded contents
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
     build_network: str = "isolated"  # see BUILD_NETWORKS
+    git_allow_private: bool = False  # let git URLs point at loopback, link-local and private addresses
 
     @property
     def celery_broker(self) -> str:

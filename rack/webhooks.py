@@ -60,6 +60,8 @@ def check_repo(rack: Rack, repo: str) -> str:
         return repo
     if parts.scheme not in ("https", "http") or not parts.hostname or not parts.path.strip("/"):
         raise Invalid(f"repo {scrub(repo)!r} is not supported: use https://host/org/repo.git")
+    if not rack.settings.git_allow_private:
+        builds.check_public_git_url(repo)
     return repo
 
 

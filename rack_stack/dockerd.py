@@ -35,9 +35,10 @@ class Dockerd(Service):
     start_timeout = 60.0
     stop_timeout = 30.0
 
-    def __init__(self, stack: Stack, index: int = 0) -> None:
+    def __init__(self, stack: Stack, index: int = 0, *, network: str | None = None) -> None:
         super().__init__(stack)
         self.index = index
+        self.network = network or stack.build_network  # `host`: on the host's network, no namespace
         if index:
             self.home = stack.home / f"engine{index}"
             self.home.mkdir(exist_ok=True)
@@ -71,7 +72,7 @@ class Dockerd(Service):
     @property
     def isolated(self) -> bool:
         """Tell whether the engine runs in a namespace of its own (every build network but `host`)."""
-        return self.stack.build_network != "host"
+        return self.network != "host"
 
     def namespace(self) -> Namespace:
         """Return this engine's network namespace (named after the stack's home and the index)."""

@@ -357,10 +357,19 @@ def own_database(stack_env: Mapping[str, str], name: str) -> str:
 
 class GitHttpServer:
     """A git server on loopback: `git http-backend` (smart HTTP, as hosting services speak it) behind a
-    small threaded HTTP server. Repositories are the bare repos under `root`: `{url}/<name>.git`."""
+    small threaded HTTP server. Repositories are the bare repos under `root`: `{url}/<name>.git`.
 
-    def __init__(self, root: Path) -> None:
+    With `auth=(user, password)` it answers 401 to requests without those Basic credentials; `on_request`
+    is called as each request arrives (while the client waits for it); `requests` counts them.
+    """
+
+    def __init__(self, root: Path, *, auth: tuple[str, str] | None = None, on_request=None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+        self.requests = 0
+        self.authorized = 0
+        wanted = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -370,6 +379,17 @@ class GitHttpServer:
                 self.backend()
 
             def backend(self) -> None:
+                server.requests += 1
+                if on_request is not None:
+                    on_request()
+                if wanted is not None:
+                    if self.headers.get("Authorization") != wanted:
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    server.authorized += 1
                 path, _, query = self.path.partition("?")
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""

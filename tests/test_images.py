@@ -6,26 +6,41 @@ import os
 import time
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
 from cli.source import package
 from rack_stack import images
+from rack_stack.base_image import CHANGES, NAME, TAG, rootfs_tar
+from rack_stack.dockerd import Dockerd
 from tests.helpers import free_port, wait_for, worker_env_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "myapp"
 
 
-@pytest.fixture(scope="session")
-def rack_images(docker_stack):
-    """Build both images in the test stack's engine (the base's tar is made once per machine and cached)."""
-    client = docker_stack.docker()
+@pytest.fixture(scope="module")
+def host_engine(docker_stack):
+    """An engine on the host's network, as a trusted machine's: the rack's containers reach loopback.
+
+    The stack's own engine sits in a namespace of its own, from which nothing reaches the host.
+    """
+    engine = Dockerd(docker_stack, index=9, network="host")
+    engine.start()
+    client = docker.DockerClient(base_url=engine.address, timeout=300)
+    client.api.import_image_from_data(rootfs_tar(), repository=NAME, tag=TAG, changes=CHANGES)
+    yield engine, client
+    client.close()
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def rack_images(host_engine):
+    """Build both images in that engine (the base's tar is made once per machine and cached)."""
+    _, client = host_engine
     began = time.monotonic()
-    try:
-        base = images.ensure_local_base(client)
-        built = images.build(client, base=base, tag_prefix="rack-test")
-    finally:
-        client.close()
+    base = images.ensure_local_base(client)
+    built = images.build(client, base=base, tag_prefix="rack-test")
     print(f"\nimages built in {time.monotonic() - began:.0f} s: {built}")
     return built
 
@@ -51,14 +66,20 @@ def _logs(container) -> str:
 
 
 @pytest.mark.docker
-def test_api_image_answers_check_and_the_worker_image_builds_the_example(docker_stack, rack_images, tmp_path):
+def test_api_image_answers_check_and_the_worker_image_builds_the_example(
+    docker_stack, host_engine, rack_images, tmp_path
+):
     objects = tmp_path / "objects"
     objects.mkdir(mode=0o777)
     objects.chmod(0o777)  # the images run as uid 10001
-    env = worker_env_for(docker_stack.env, storage=f"file://{objects}")
+    engine, client = host_engine
+    env = worker_env_for(
+        {**docker_stack.env, "RACK_DOCKER_HOST": engine.address},
+        storage=f"file://{objects}",
+        build_network="host",
+    )
     port = free_port()
-    client = docker_stack.docker()
-    socket = docker_stack.env["RACK_DOCKER_HOST"].removeprefix("unix://")
+    socket = engine.address.removeprefix("unix://")
     mounts = {str(objects): {"bind": str(objects), "mode": "rw"}}
     containers = []
     try:
@@ -130,4 +151,3 @@ def test_api_image_answers_check_and_the_worker_image_builds_the_example(docker_
     finally:
         for container in containers:
             container.remove(force=True)
-        client.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,6 +19,9 @@ from rack.context import Rack
 from rack.pipeline.run import run_build
 from rack_stack.netns import Namespace, listen_inside
 from tests.helpers import tarball
+
+# A probe's answer as either builder prints it: `probe redis: closed`, or `#6 0.166 probe redis: closed`.
+PROBE = re.compile(r"^(?:#\d+ [\d.]+ )?probe (\S+): (open|closed)$", re.M)
 
 
 class Listener:
@@ -82,7 +87,11 @@ def _probe_build(rack: Rack, app: str, targets: dict[str, tuple[str, int]]) -> t
 
 
 @pytest.mark.docker
-def test_a_build_reaches_no_service_of_the_rack_nor_the_host_only_egress(docker_stack, rack, live_server):
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_a_build_reaches_no_service_of_the_rack_nor_the_host_only_egress(
+    docker_stack, rack, live_server, builder, monkeypatch
+):
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, builder=builder))
     engine_ns = docker_stack.services["dockerd"].namespace()
     loopback = _listen("127.0.0.1")
     any_address = _listen("0.0.0.0")  # so the veth's host end would answer, but for the host's rules
@@ -99,16 +108,14 @@ def test_a_build_reaches_no_service_of_the_rack_nor_the_host_only_egress(docker_
     try:
         with internet(f"{docker_stack.home}#internet") as (outside, world):
             targets["internet"] = (outside.ns_ip, world.port)
-            row, log = _probe_build(rack, "probes", targets)
+            row, log = _probe_build(rack, f"probes-{builder}", targets)
             assert world.accepted >= 1
     finally:
         loopback.close()
         any_address.close()
     assert row["status"] == "complete", row["reason"]
     assert row["images"]["web"]["digest"].startswith("sha256:")  # pushed through the engine's forwarder
-    results = dict(
-        line.removeprefix("probe ").split(": ") for line in log.splitlines() if line.startswith("probe ")
-    )
+    results = dict(PROBE.findall(log))
     assert results == {**dict.fromkeys(targets, "closed"), "internet": "open"}, log
     assert (loopback.accepted, any_address.accepted) == (0, 0)
 
@@ -124,7 +131,7 @@ def test_build_network_none_reaches_not_even_the_egress_side(docker_stack, rack,
     finally:
         offline.close()
     assert row["status"] == "complete", row["reason"]
-    assert "probe internet: closed" in log
+    assert dict(PROBE.findall(log)) == {"internet": "closed"}, log
 
 
 def test_the_build_network_setting_names_one_network_mode_for_every_builder():

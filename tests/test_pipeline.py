@@ -339,8 +339,9 @@ def test_a_build_past_its_timeout_fails_with_timeout(broken, tmp_path):
     assert "started\n" in build_log(broken, row)
 
 
-def test_a_cancel_stops_a_git_clone_that_hangs(broken):
+def test_a_cancel_stops_a_git_clone_that_hangs(broken, monkeypatch):
     """A cancel stops a clone from a server that never answers, long before the build's timeout."""
+    monkeypatch.setattr(broken, "settings", dataclasses.replace(broken.settings, git_allow_private=True))
     with broken.db.transaction() as conn:
         execute(conn, "UPDATE apps SET build_timeout = 60 WHERE name = 'broken'")
     with socket.socket() as sock:  # accepts connections (kernel backlog) and never answers

@@ -547,7 +547,9 @@ def test_credentials_are_not_echoed(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(BuildUserError) as caught:
-        clone_git(f"http://bob:hunter2@127.0.0.1:{port}/r.git", tmp_path / "s", timeout=30)
+        clone_git(
+            f"http://bob:hunter2@127.0.0.1:{port}/r.git", tmp_path / "s", timeout=30, allow_private=True
+        )
     assert "hunter2" not in caught.value.message and "git clone failed" in caught.value.message
 
 
@@ -557,7 +559,12 @@ def test_clone_times_out(tmp_path):
         sock.listen(8)
         started = time.monotonic()
         with pytest.raises(BuildUserError, match=r"^git clone timed out after 1s$"):
-            clone_git(f"http://127.0.0.1:{sock.getsockname()[1]}/r.git", tmp_path / "s", timeout=1)
+            clone_git(
+                f"http://127.0.0.1:{sock.getsockname()[1]}/r.git",
+                tmp_path / "s",
+                timeout=1,
+                allow_private=True,
+            )
     assert time.monotonic() - started < 10
 
 
@@ -568,7 +575,13 @@ def test_a_stop_kills_a_clone_that_hangs(tmp_path):
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/r.git"
         started = time.monotonic()
         with pytest.raises(BuildUserError) as caught:
-            clone_git(url, tmp_path / "s", timeout=600, stop=lambda: time.monotonic() > started + 1)
+            clone_git(
+                url,
+                tmp_path / "s",
+                timeout=600,
+                stop=lambda: time.monotonic() > started + 1,
+                allow_private=True,
+            )
         assert time.monotonic() - started < 5
         assert subprocess.run(["pgrep", "-f", url], check=False).returncode == 1  # git and its helpers
     assert (caught.value.code, caught.value.message) == ("cancelled", "git clone was stopped")
@@ -582,7 +595,7 @@ def test_a_clone_with_a_stop_never_true_completes(repo, tmp_path):
 def test_missing_git_is_a_platform_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BuildPlatformError):
-        clone_git("https://example.com/r.git", tmp_path / "s", timeout=5)
+        clone_git("https://example.com/r.git", tmp_path / "s", timeout=5, allow_private=True)
 
 
 @pytest.mark.parametrize("name", ["a/" * 2000 + "f", "x" * 256, "d/" + "y" * 300 + "/f"])

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from rack import apps, events, objects
+from rack import apps, events, giturl, objects
 from rack.builds import queue
 from rack.context import Rack
-from rack.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from rack.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable, Unprocessable
 from rack.ids import check_id, new_id
 from rack.logs.stream import BuildLog
 from rack.reasons import Reason
+from rack.scrub import scrub
 from rack.sources import tree
 from rack.sql import builds as sql
 from rack.sql import releases as releases_sql
@@ -93,10 +94,29 @@ def check_source(rack: Rack, app: str, url: str) -> str:
         return url
     parsed = urlparse(url)
     if parsed.scheme in ("https", "http", "git", "ssh", "file") and parsed.path:
+        if parsed.scheme in ("https", "http") and not rack.settings.git_allow_private:
+            check_public_git_url(url)
         return url
     raise Invalid(
         f"unsupported source url {url!r}: use object://<app>/<key> or a git URL like https://host/repo.git#ref"
     )
+
+
+def check_public_git_url(url: str) -> None:
+    """Refuse a git URL whose host resolves to a loopback, link-local or private address (422).
+
+    A host that does not resolve now passes here: the worker checks again, and pins git to the address
+    it checked, before cloning.
+    """
+    try:
+        _address, problem = giturl.private_address(url)
+    except ValueError:
+        return
+    if problem:
+        raise Unprocessable(
+            f"git url {scrub(url)!r} is refused: {problem}; only public hosts are cloned "
+            "(RACK_GIT_ALLOW_PRIVATE=true lets a rack on a trusted network clone from private ones)"
+        )
 
 
 def create(
@@ -127,6 +147,10 @@ def create(
         "no_cache": bool(no_cache),
         "development": bool(development),
     }
+    if not source.startswith("object://"):  # a git URL's credentials are kept sealed, not in source_url
+        source, user, password = giturl.split_credentials(source)
+        if user or password:
+            options["git_credentials"] = giturl.seal(rack.settings.password, user, password)
     if promote:  # the pipeline promotes the release when the build completes (push webhooks ask for it)
         options["promote"] = True
     objects.normalize_key(str(options["manifest"]))  # refuses `..` in the manifest path

@@ -13,12 +13,15 @@ import signal
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO, cast
+from urllib.parse import urlsplit
 
+from rack import giturl
 from rack.errors import BuildPlatformError, BuildUserError
 from rack.reasons import Reason
 from rack.scrub import scrub
@@ -366,10 +369,32 @@ def _parts(name: str, entry: str) -> list[str]:
     return parts
 
 
+ASKPASS = """#!/bin/sh
+# git asks "Username for '...'" then "Password for '...'": answer from the environment, never argv.
+case "$1" in
+    Username*) printf '%s\\n' "$RACK_GIT_USERNAME" ;;
+    *) printf '%s\\n' "$RACK_GIT_PASSWORD" ;;
+esac
+"""
+
+
 def clone_git(
-    url: str, dest: Path, *, timeout: int, allow_local: bool = False, stop: Stop | None = None
+    url: str,
+    dest: Path,
+    *,
+    timeout: int,
+    allow_local: bool = False,
+    allow_private: bool = False,
+    credentials: tuple[str, str] | None = None,
+    stop: Stop | None = None,
 ) -> str:
-    """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha."""
+    """Clone `repo[#ref]` into dest, check out the ref (branch, tag or sha) and return the commit sha.
+
+    Credentials (given, or in the URL's `user:password@`) reach git through an askpass program and its
+    environment, never its command line. Unless `allow_private`, a host that resolves to a loopback,
+    link-local or private address is refused before git connects, and git is pinned to the address
+    checked (no second lookup that could answer otherwise).
+    """
     # local repositories (file:// or a path) need allow_local: a user's URL must not read the worker's disk.
     # `stop` is asked every STOP_POLL seconds while git runs; true kills git (a CANCELLED error)
     repo, _, ref = url.partition("#")
@@ -378,19 +403,51 @@ def clone_git(
     local = repo.startswith(("file://", "/"))
     if not (repo.startswith(("https://", "http://")) or (allow_local and local)):
         raise _refuse(f"git url {scrub(url)!r} is not supported: use https://host/repo.git#ref")
+    repo, user, password = giturl.split_credentials(repo) if not local else (repo, "", "")
+    if credentials is not None:
+        user, password = credentials
     protocols = "https:http:file" if local else "https:http"  # also binds submodules and redirects
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": protocols, "LC_ALL": "C"}
+    config: list[str] = []
+    if not local and not allow_private:
+        config += ["-c", f"http.curloptResolve={_checked_address(repo)}", "-c", "http.followRedirects=false"]
     deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory(prefix="rack-git-") as helper:
+        if user or password:
+            askpass = Path(helper) / "askpass"
+            askpass.write_text(ASKPASS)
+            askpass.chmod(0o700)
+            env.update(GIT_ASKPASS=str(askpass), RACK_GIT_USERNAME=user, RACK_GIT_PASSWORD=password)
+            # git asks for the username only if the URL has none: name it (it is no secret) in the URL.
+            repo = giturl.with_credentials(repo, user, "") if user else repo
 
-    def git(*args: str, cwd: Path | None = None) -> str:
-        return _git(list(args), cwd=cwd, env=env, deadline=deadline, timeout=timeout, stop=stop)
+        def git(*args: str, cwd: Path | None = None) -> str:
+            return _git([*config, *args], cwd=cwd, env=env, deadline=deadline, timeout=timeout, stop=stop)
 
-    if _SHA.fullmatch(ref):  # a sha may be any commit, so a shallow clone of the tip would not have it
-        git("clone", "--quiet", "--no-checkout", "--", repo, str(dest))
-        git("checkout", "--quiet", "--detach", ref, cwd=dest)
-    else:
-        git("clone", "--quiet", "--depth", "1", *(["--branch", ref] if ref else []), "--", repo, str(dest))
-    return git("rev-parse", "HEAD", cwd=dest).strip()
+        if _SHA.fullmatch(ref):  # a sha may be any commit, so a shallow clone of the tip would not have it
+            git("clone", "--quiet", "--no-checkout", "--", repo, str(dest))
+            git("checkout", "--quiet", "--detach", ref, cwd=dest)
+        else:
+            git(
+                "clone", "--quiet", "--depth", "1", *(["--branch", ref] if ref else []), "--", repo, str(dest)
+            )
+        return git("rev-parse", "HEAD", cwd=dest).strip()
+
+
+def _checked_address(repo: str) -> str:
+    """Refuse a repository whose host is not public; return git's `host:port:address` pin for it."""
+    try:
+        address, problem = giturl.private_address(repo)
+    except ValueError as exc:
+        raise _refuse(f"git url {scrub(repo)!r}: {exc}") from None
+    if problem:
+        raise _refuse(
+            f"git url {scrub(repo)!r} is refused: {problem}; only public hosts are cloned "
+            "(RACK_GIT_ALLOW_PRIVATE=true lets a rack on a trusted network clone from private ones)"
+        )
+    parts = urlsplit(repo)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}:{f'[{address}]' if ':' in address else address}"
 
 
 def _git(

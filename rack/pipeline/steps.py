@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from rack import objects, releases
+from rack import giturl, objects, releases
 from rack.builds.record import PHASES
 from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
@@ -279,6 +279,18 @@ class BuildRun:
             self.check()  # stopped mid-way: the watch's reason (cancel, timeout, lost) is the cause
             raise
 
+    def _git_credentials(self) -> tuple[str, str] | None:
+        """Return the git URL's credentials, sealed beside the build when it was made (None if none)."""
+        sealed = (self.row.get("options") or {}).get("git_credentials")
+        if not sealed:
+            return None
+        try:
+            return giturl.unseal(self.rack.settings.password, sealed)
+        except ValueError as exc:
+            raise BuildUserError(
+                Reason.SOURCE, f"the git URL's credentials can not be read ({exc}): start the build again"
+            ) from None
+
     def _fetch_source(self) -> None:
         url = self.row["source_url"]
         settings = self.rack.settings
@@ -317,6 +329,8 @@ class BuildRun:
                     self.src,
                     timeout=max(1, int(self.watch.remaining())),
                     allow_local=settings.git_allow_local,
+                    allow_private=settings.git_allow_private,
+                    credentials=self._git_credentials(),
                     stop=self.stopping,
                 )
             if folders.depth_over(self.src, settings.extract_max_depth):
