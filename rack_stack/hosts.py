@@ -187,6 +187,10 @@ class Hosts:
     `registry` is the address every host (and so every worker's RACK_REGISTRY) uses for the registry.
     """
 
+    # The engines have no bridge: a build's RUN steps get the namespace's own network, which reaches the
+    # registry relay and nothing of the machine. Workers on these engines set RACK_BUILD_NETWORK to this.
+    build_network = "host"
+
     def __init__(self, root: Path, *, key: int, count: int, registry_port: int) -> None:
         self.root = root
         self.network = Network(key, count)

@@ -16,8 +16,7 @@ from rack.db import fetchone
 from rack.errors import BuildUserError, Unprocessable
 from rack.pipeline import run as pipeline
 from rack.pipeline.source import clone_git
-from tests.helpers import GitHttpServer
-from tests.test_git_builds import git
+from tests.helpers import GitHttpServer, git
 
 TOKEN = "tok-never-in-argv-5d1e"
 

@@ -103,7 +103,16 @@ def test_three_hosts_share_the_queue_fairly_and_survive_a_lost_worker(
     with contextlib.ExitStack() as started:
         # One worker per host, each driving the engine in its host's namespace.
         groups = [
-            started.enter_context(Workers({**env, "RACK_DOCKER_HOST": hosts.docker_host(n)}, tmp_path))
+            started.enter_context(
+                Workers(
+                    {
+                        **env,
+                        "RACK_DOCKER_HOST": hosts.docker_host(n),
+                        "RACK_BUILD_NETWORK": hosts.build_network,
+                    },
+                    tmp_path,
+                )
+            )
             for n in range(3)
         ]
         procs = [group.start(name)[0] for group, name in zip(groups, names, strict=True)]
