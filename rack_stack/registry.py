@@ -1,7 +1,7 @@
 """The CNCF distribution registry from Debian's docker-registry, on loopback, with htpasswd auth.
 
-Only holders of the registry password (the workers, and the API for exports and imports) push or pull;
-deleting is off, so a leaked pull or push credential cannot erase an app's images.
+Only holders of the registry password (the workers, and the API for exports and imports) push, pull or
+delete (the rack removes a failed build's tags and a deleted app's images).
 """
 
 from __future__ import annotations
@@ -84,10 +84,14 @@ class Registry(Service):
             "log:\n  level: info\n  accesslog:\n    disabled: true\n"
             "storage:\n"
             f"  filesystem:\n    rootdirectory: '{storage}'\n"
-            "  delete:\n    enabled: false\n"
+            "  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"auth:\n  htpasswd:\n    realm: {REALM}\n    path: '{htpasswd}'\n"
-            f"http:\n  addr: {self.address}\n"
+            + (
+                f"auth:\n  htpasswd:\n    realm: {REALM}\n    path: '{htpasswd}'\n"
+                if self.stack.registry_auth
+                else ""
+            )
+            + f"http:\n  addr: {self.address}\n"
         )
         return procs.spawn(
             ["docker-registry", "serve", config], log=self.log, pidfile=self.pidfile, cwd=storage

@@ -50,9 +50,11 @@ class Stack:
         fast: bool = False,
         default_ports: Mapping[str, int] | None = None,
         build_network: str | None = None,
+        registry_auth: bool = True,
     ) -> None:
         self.home = Path(home).absolute()
         self.fast = fast
+        self.registry_auth = registry_auth  # False only for a stand-in of a public registry in tests
         self.build_network = build_network or os.environ.get("RACK_BUILD_NETWORK") or "isolated"
         if self.build_network not in BUILD_NETWORKS:
             raise ValueError(
@@ -143,7 +145,13 @@ class Stack:
         """Return a docker SDK client of this stack's engine."""
         import docker
 
-        return docker.DockerClient(base_url=f"unix://{self.docker_socket}", timeout=300)
+        client = docker.DockerClient(base_url=f"unix://{self.docker_socket}", timeout=300)
+        if self.services["registry"].pid() is not None and self.services["dockerd"].pid() is not None:
+            env = self.env  # remembered by the client: its pulls from the registry carry the credentials
+            client.login(
+                env["RACK_REGISTRY_USERNAME"], env["RACK_REGISTRY_PASSWORD"], registry=env["RACK_REGISTRY"]
+            )
+        return client
 
     def seed_base_image(self) -> str:
         """Put `busybox:latest` in the engine and the registry (built from Debian's busybox-static)."""

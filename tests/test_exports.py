@@ -84,8 +84,11 @@ def dst(docker_stack, src, home):
 
 
 @pytest.fixture(scope="module")
-def engine(docker_stack):
-    client = docker_stack.docker()
+def engine(docker_stack, dst):
+    client = docker_stack.docker()  # logged in to the stack's registry; and to the importing rack's
+    client.login(
+        dst.settings.registry_username, dst.settings.registry_password, registry=dst.settings.registry
+    )
     yield client
     client.close()
 
@@ -408,7 +411,7 @@ def test_a_crafted_import_retags_nothing_but_its_own_image(dst, original, engine
 
     before = ({name: engine.images.get(name).id for name in ("busybox:latest", victim)}, digest(victim))
     web = row["images"]["web"]["image"]
-    engine.images.pull(web, auth_config=auth)
+    engine.images.pull(web)  # from the exporting rack's registry, which the client is logged in to
     crafted = _retagged(b"".join(engine.api.get_image(web)), ["busybox:latest", victim])
     only_web = {**builds.serialize(row), "images": {"web": row["images"]["web"]}}
     apps.create(dst, name="crafted")

@@ -45,6 +45,7 @@ def upstream(docker_stack):
         "upstream", ["docker-registry", "serve", home / "config.yml"], os.environ, home / "registry.log"
     )
     registry = f"127.0.0.1:{port}"
+    docker_stack.services["dockerd"].forward(port)  # the engine sits in a namespace of its own
     wait_for(lambda: _answers(f"http://{registry}"), timeout=20, what="the upstream registry")
     creds = {registry: ("me", "s3cret")}
     for name, text in (("hello:1", "hello from upstream\n"), ("tools:2", "tools from upstream\n")):

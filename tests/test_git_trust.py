@@ -13,7 +13,7 @@ import pytest
 from rack import apps, webhooks
 from rack.builds import record as builds
 from rack.db import fetchone
-from rack.errors import BuildUserError, Unprocessable
+from rack.errors import BuildUserError, Invalid
 from rack.pipeline import run as pipeline
 from rack.pipeline.source import clone_git
 from tests.helpers import GitHttpServer, git
@@ -47,7 +47,7 @@ def test_private_git_urls_are_refused_before_any_connection(rack, repo, tmp_path
     closed = "http://127.0.0.1:9/app.git"  # nothing listens there
     messages = []
     for url in (f"{repo.url}/app.git#main", closed + "#main"):
-        with pytest.raises(Unprocessable) as refused:
+        with pytest.raises(Invalid) as refused:
             builds.create(rack, "inward", url=url)
         messages.append(re.sub(r"127\.0\.0\.1:\d+/", "HOST/", str(refused.value)))
         with pytest.raises(BuildUserError) as cloned:
@@ -65,9 +65,9 @@ def test_private_git_urls_are_refused_before_any_connection(rack, repo, tmp_path
         ("http://localhost:1/app.git", "loopback"),
         ("http://0.0.0.0/app.git", "unspecified"),
     ]:
-        with pytest.raises(Unprocessable, match=f"resolves to an? {kind} address"):
+        with pytest.raises(Invalid, match=f"resolves to an? {kind} address"):
             builds.create(rack, "inward", url=url + "#main")
-        with pytest.raises(Unprocessable, match=f"resolves to an? {kind} address"):
+        with pytest.raises(Invalid, match=f"resolves to an? {kind} address"):
             webhooks.create(rack, "inward", repo=url)
     assert repo.requests == 0
     with rack.db.transaction() as conn:

@@ -78,7 +78,7 @@ def test_three_hosts_share_the_queue_fairly_and_survive_a_lost_worker(
     try:
         probe = (
             f"nc -z -w 2 127.0.0.1 {docker_stack.ports['postgres']} && echo reached-postgres;"
-            f" wget -q -O - http://{hosts.registry}/v2/ >/dev/null && echo reached-registry"
+            f" wget -S -O - http://{hosts.registry}/v2/ 2>&1 | grep -q ' 401 ' && echo reached-registry"
         )
         container = engine.containers.create("busybox", ["sh", "-c", probe], network_mode="host")
         container.start()

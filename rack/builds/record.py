@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from rack import apps, events, giturl, objects
 from rack.builds import queue
 from rack.context import Rack
-from rack.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable, Unprocessable
+from rack.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from rack.ids import check_id, new_id
 from rack.logs.stream import BuildLog
 from rack.reasons import Reason
@@ -103,7 +103,7 @@ def check_source(rack: Rack, app: str, url: str) -> str:
 
 
 def check_public_git_url(url: str) -> None:
-    """Refuse a git URL whose host resolves to a loopback, link-local or private address (422).
+    """Refuse a git URL whose host resolves to a loopback, link-local or private address (400).
 
     A host that does not resolve now passes here: the worker checks again, and pins git to the address
     it checked, before cloning.
@@ -113,7 +113,7 @@ def check_public_git_url(url: str) -> None:
     except ValueError:
         return
     if problem:
-        raise Unprocessable(
+        raise Invalid(
             f"git url {scrub(url)!r} is refused: {problem}; only public hosts are cloned "
             "(RACK_GIT_ALLOW_PRIVATE=true lets a rack on a trusted network clone from private ones)"
         )
