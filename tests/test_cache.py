@@ -23,12 +23,13 @@ SOURCES: dict[str, bytes] = {}  # each app's source tarball, uploaded anew for e
 
 
 @pytest.fixture
-def cold_engine():
+def cold_engine(docker_stack):
     """A second Docker engine that has never built anything and has no image at all."""
     home = Path(tempfile.mkdtemp(prefix="rack-cold-", dir="/tmp"))
     home.chmod(0o755)
     stack = Stack(home, fast=True)
     stack.start(["dockerd"])
+    stack.services["dockerd"].forward(docker_stack.ports["registry"])  # the shared registry
     yield stack
     stack.stop()
     shutil.rmtree(home, ignore_errors=True)

@@ -105,7 +105,10 @@ def test_import_image_from_another_registry(live, upstream, docker_stack, tmp_pa
     client = web.server.app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = basic(rack.settings.password)["Authorization"]
     made = client.post("/apps/myapp/builds", data={"external": "true"}).get_json()
-    assert made["status"] == "created" and made["repository"] == f"http://{registry}/myapp"
+    creds = (
+        f"{rack.settings.registry_username}:{rack.settings.registry_password}@"  # the client pushes with them
+    )
+    assert made["status"] == "created" and made["repository"] == f"http://{creds}{registry}/myapp"
     client.put(f"/apps/myapp/builds/{made['id']}", data={"manifest": "services:\n  web:\n    build: .\n"})
     for image, status, error in (
         ("", 422, "image param required"),
