@@ -125,14 +125,7 @@ def bare_round(api, registry: str, n: int, *, nocache: bool) -> float:
             if "error" in event:
                 raise SystemExit(f"bare build failed: {event['error']}")
         tags.append(tag)
-    for service, image in IMAGES:
-        tag = f"{registry}/{APP}:{service}.X{n:09d}"
-        api.tag(image, *split_image(tag))
-        tags.append(tag)
-    for tag in tags:
-        for event in api.push(*split_image(tag), stream=True, decode=True):
-            if "error" in event:
-                raise SystemExit(f"bare push failed: {event['error']}")
+    tag_and_push(api, registry, tags, suffix=f"X{n:09d}")
     return time.perf_counter() - began
 
 
@@ -153,15 +146,20 @@ def bare_buildkit_round(api, docker_host: str, registry: str, n: int, *, nocache
         if proc.returncode != 0:
             raise SystemExit(f"bare BuildKit build failed: {proc.stdout[-2000:].decode()}")
         tags.append(tag)
+    tag_and_push(api, registry, tags, suffix=f"K{n:09d}")
+    return time.perf_counter() - began
+
+
+def tag_and_push(api, registry: str, tags: list[str], *, suffix: str) -> None:
+    """Tag the `image:` services as the rack does, then push every tag, as the rack's pipeline would."""
     for service, image in IMAGES:
-        tag = f"{registry}/{APP}:{service}.K{n:09d}"
+        tag = f"{registry}/{APP}:{service}.{suffix}"
         api.tag(image, *split_image(tag))
         tags.append(tag)
     for tag in tags:
         for event in api.push(*split_image(tag), stream=True, decode=True):
             if "error" in event:
                 raise SystemExit(f"bare push failed: {event['error']}")
-    return time.perf_counter() - began
 
 
 def sides_round(rack: Rack, folder: Path, *, parallel: int) -> float:

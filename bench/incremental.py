@@ -136,7 +136,8 @@ def main() -> None:
             shutil.rmtree(mine)
             shutil.rmtree(other)
         print(
-            f"app: {opts.files} files, {opts.mb} MB of random data, FROM busybox + COPY . /app; rounds={opts.rounds}"
+            f"app: {opts.files} files, {opts.mb} MB of random data, FROM busybox + COPY . /app;"
+            f" rounds={opts.rounds}"
         )
         for name, goal in GOALS.items():
             ours_s, floor_s = (statistics.median(t) for t in times[name])

@@ -27,6 +27,11 @@ _SOCKET_PATH_MAX = 107
 FORWARDER = "rack_stack.netns"  # its module, run with -m
 
 
+# On a network it does not own (the host's, or a namespace made for it): no bridge and no rules of ours, so
+# engines can share that network.
+NO_NETWORK_OF_ITS_OWN = ["--bridge", "none", "--iptables=false", "--ip-masq=false"]
+
+
 class Dockerd(Service):
     """dockerd in a network namespace of its own (or, for `host` builds, on the host's with no bridge)."""
 
@@ -93,14 +98,14 @@ class Dockerd(Service):
         finally:
             client.close()
 
-    def launch(self) -> int:
-        """Start dockerd with its data, exec root, socket and pidfile of its own."""
+    def dockerd_argv(self) -> list:
+        """Make the engine's folders and config; return dockerd's argv with its state all of its own."""
         config = self.home / "dockerd.json"
         # Our own (empty) config, so /etc/docker/daemon.json of the machine can't add hosts or bridges.
         config.write_text(json.dumps({}) + "\n")
         (self.home / "docker").mkdir(exist_ok=True)
         self.exec_root.mkdir(parents=True, exist_ok=True)
-        argv = [
+        return [
             "dockerd",
             "--config-file", config,
             "--host", self.address,
@@ -108,9 +113,12 @@ class Dockerd(Service):
             "--exec-root", self.exec_root,
             "--pidfile", self.pidfile,
         ]  # fmt: skip
+
+    def launch(self) -> int:
+        """Start dockerd with its data, exec root, socket and pidfile of its own."""
+        argv = self.dockerd_argv()
         if not self.isolated:
-            # On the host's network: no bridge and no rules of ours, so engines can share the machine.
-            argv += ["--bridge", "none", "--iptables=false", "--ip-masq=false"]
+            argv += NO_NETWORK_OF_ITS_OWN
             return procs.spawn(argv, log=self.log, cwd=self.home)
         ns = self.namespace()
         ns.create()

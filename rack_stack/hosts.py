@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from rack_stack import procs
-from rack_stack.dockerd import Dockerd
+from rack_stack.dockerd import NO_NETWORK_OF_ITS_OWN, Dockerd
 from rack_stack.stack import Stack
 
 
@@ -162,22 +162,7 @@ class NamespacedDockerd(Dockerd):
         self.netns = netns
 
     def launch(self) -> int:
-        config = self.home / "dockerd.json"
-        config.write_text(json.dumps({}) + "\n")
-        (self.home / "docker").mkdir(exist_ok=True)
-        self.exec_root.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "nsenter", f"--net=/var/run/netns/{self.netns}",
-            "dockerd",
-            "--config-file", config,
-            "--host", self.address,
-            "--data-root", self.home / "docker",
-            "--exec-root", self.exec_root,
-            "--pidfile", self.pidfile,
-            "--bridge", "none",
-            "--iptables=false",
-            "--ip-masq=false",
-        ]  # fmt: skip
+        argv = ["nsenter", f"--net=/var/run/netns/{self.netns}", *self.dockerd_argv(), *NO_NETWORK_OF_ITS_OWN]
         return procs.spawn(argv, log=self.log, cwd=self.home)
 
 
