@@ -2,7 +2,7 @@
 
 `record` holds a build's row and its JSON; `queue` is the fair order in which workers take waiting builds;
 `lifecycle` ends builds from outside (cancel, and the reaper for lost, expired and overdue builds, which
-queues a lost worker's build again while it has attempts left). May import the rack's base modules (config, context, db, errors, ids,
-sql, storage, apps, objects) and `rack.logs`; never `rack.pipeline` (the pipeline uses builds, not the
-reverse).
+queues a lost worker's build again while it has attempts left). May import the rack's base modules
+(config, context, db, errors, ids, sql, storage, apps, objects) and `rack.logs`; never `rack.pipeline`
+(the pipeline uses builds, not the reverse).
 """
