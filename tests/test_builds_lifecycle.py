@@ -144,3 +144,27 @@ def test_lines_a_worker_writes_after_a_cancel_are_in_neither_the_stream_nor_the_
     log.append("after the cancel\n")  # the worker has not noticed yet
     assert log.text() == stored_log(client, build["id"])
     assert b"after the cancel" not in log.text()
+
+
+@pytest.mark.parametrize("reported", ["nothing", "running"])
+def test_reaper_fails_an_outside_build_whose_builder_never_reports_its_end(client, rack, reported):
+    client.post("/apps", data={"name": "myapp"})
+    made = client.post("/apps/myapp/builds", data={"external": "true"}).get_json()
+    if reported == "running":  # a builder that says it started, then goes quiet while it builds
+        assert client.put(f"/apps/myapp/builds/{made['id']}", data={"status": "running"}).status_code == 200
+    with rack.db.transaction() as conn:
+        quiet = "UPDATE builds SET heartbeat = now() - interval '10 minutes' WHERE id = %s"
+        execute(conn, quiet, (made["id"],))
+    assert lifecycle.reap(rack) == []  # ten quiet minutes are within the limit: it reports at the end
+    with rack.db.transaction() as conn:
+        execute(conn, "UPDATE apps SET build_timeout = 60 WHERE name = 'myapp'")
+        execute(conn, "UPDATE builds SET started = now() - interval '1 day' WHERE id = %s", (made["id"],))
+    [(build_id, reason)] = lifecycle.reap(rack)
+    assert (build_id, reason) == (
+        made["id"],
+        "timeout: the outside builder did not report this build complete or failed within its limit of 60s",
+    )
+    body = client.get(f"/apps/myapp/builds/{build_id}").get_json()
+    assert (body["status"], body["reason"]) == ("failed", reason)
+    assert stored_log(client, build_id).endswith(f"ERROR: {reason}\n".encode())
+    assert lifecycle.reap(rack) == []

@@ -101,12 +101,14 @@ def retry(rack: Rack, row: dict) -> bool:
 
 
 def reap(rack: Rack) -> list[tuple[str, str]]:
-    """Fail builds whose worker stopped heartbeating, that waited too long, or that ran past their timeout."""
+    """Fail builds whose worker stopped heartbeating, that waited too long, or that ran past their timeout
+    (an outside builder's too: one that dies before it reports would otherwise stay `created`)."""
     settings = rack.settings
     with rack.db.transaction() as conn:
         lost = sql.stale_running(conn, older_than_seconds=settings.heartbeat_timeout)
         expired = sql.expired_created(conn, older_than_seconds=settings.queue_expiry)
         overdue = sql.overdue_running(conn, default_timeout=settings.build_timeout, grace=TIMEOUT_GRACE)
+        outside = sql.overdue_outside(conn, default_timeout=settings.build_timeout, grace=TIMEOUT_GRACE)
     done = []
     for row in lost:
         if row["attempt"] < settings.build_attempts and retry(rack, row):
@@ -125,6 +127,13 @@ def reap(rack: Rack) -> list[tuple[str, str]]:
     for row in overdue:
         reason = f"{Reason.TIMEOUT}: the build ran longer than its limit of {row['timeout']}s"
         if fail(rack, row, reason=reason, only_from=("running",)):
+            done.append((row["id"], reason))
+    for row in outside:
+        reason = (
+            f"{Reason.TIMEOUT}: the outside builder did not report this build complete or failed"
+            f" within its limit of {row['timeout']}s"
+        )
+        if fail(rack, row, reason=reason):
             done.append((row["id"], reason))
     for build_id, reason in done:
         log.warning("reaped build %s: %s", build_id, reason)

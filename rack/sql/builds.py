@@ -191,10 +191,28 @@ def requeue_lost(conn, *, id: str, process: str, older_than_seconds: int) -> dic
 
 
 def stale_running(conn, *, older_than_seconds: int) -> list[dict]:
+    """Running builds whose rack process stopped heartbeating (an outside builder's are `overdue_outside`)."""
     return fetchall(
         conn,
-        "SELECT * FROM builds WHERE status = 'running' AND heartbeat < now() - make_interval(secs => %s)",
+        "SELECT * FROM builds WHERE status = 'running' AND process <> 'external'"
+        " AND heartbeat < now() - make_interval(secs => %s)",
         (older_than_seconds,),
+    )
+
+
+def overdue_outside(conn, *, default_timeout: int, grace: int) -> list[dict]:
+    """Builds an outside builder makes (`--external`) not ended within the app's (or rack's) build timeout.
+
+    Such a builder reports only when it is done, and may die first: nothing else would end them.
+    """
+    return fetchall(
+        conn,
+        "SELECT b.*, COALESCE(a.build_timeout, %(default)s) AS timeout FROM builds b"
+        " JOIN apps a ON a.name = b.app WHERE b.status IN ('created', 'running')"
+        " AND b.repository <> '' AND b.process IN ('', 'external')"
+        " AND b.started < now()"
+        " - make_interval(secs => COALESCE(a.build_timeout, %(default)s) + %(grace)s)",
+        {"default": default_timeout, "grace": grace},
     )
 
 
