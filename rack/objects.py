@@ -54,25 +54,45 @@ def _store_key(app: str, key: str) -> str:
     return f"{app}/{key}"
 
 
-RACK_PREFIX = "build/"  # the rack's own objects (build/<ID>/logs): clients read them, never write them
+RACK_PREFIX = "build/"  # build logs (build/<ID>/logs): the rack writes them, clients read them
 
 
-def _writable(key: str) -> str:
+def outside_log_build(rack: Rack, app: str, key: str) -> dict | None:
+    """The build whose log `key` is, when an outside builder may still store it; else None.
+
+    Convox's `--external` builder stores its own log as `build/<ID>/logs` and reports that URL: only for
+    an outside build of this app (`external=true`) that has not ended.
+    """
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != RACK_PREFIX or parts[2] != "logs":
+        return None
+    from rack.sql import builds as builds_sql  # the build rows sit above the objects they point at
+
+    with rack.db.transaction() as conn:
+        row = builds_sql.get(conn, app=app, id=parts[1])
+    if row is None or not row["repository"] or row["process"] not in ("", "external"):
+        return None
+    return row if row["status"] in ("created", "running") else None
+
+
+def _writable(rack: Rack, app: str, key: str) -> str:
     """Refuse the keys where the rack keeps an app's source contents (see rack.sources) and build logs."""
     if key == RESERVED or key.startswith(RESERVED + "/"):
         raise Invalid(f"object keys under {RESERVED}/ are reserved for the rack's source contents")
     if key == RACK_PREFIX.rstrip("/") or key.startswith(RACK_PREFIX):
-        raise Forbidden(
-            f"object key {shown(key)} is the rack's: keys under {RACK_PREFIX} hold build logs, which only "
-            "the rack writes; upload under another key (e.g. tmp/)"
-        )
+        if outside_log_build(rack, app, key) is None:
+            raise Forbidden(
+                f"object key {shown(key)} is the rack's: keys under {RACK_PREFIX} hold build logs, which "
+                "only the rack writes (and an --external build's own builder, before the build ends); "
+                "upload under another key (e.g. tmp/)"
+            )
     return key
 
 
 def put(rack: Rack, app: str, key: str, body: BinaryIO) -> str:
     """Stream a client's upload into the store within the size limit; return its object URL."""
     apps.get(rack, app)
-    key = _writable(normalize_key(key))
+    key = _writable(rack, app, normalize_key(key))
     size = rack.store.put_stream(_store_key(app, key), body, limit=rack.settings.max_upload_bytes)
     metrics.add_upload_bytes(rack, size)
     return url(app, key)
@@ -123,7 +143,7 @@ def exists(rack: Rack, app: str, key: str) -> bool:
 
 def delete(rack: Rack, app: str, key: str) -> None:
     apps.get(rack, app)
-    key = _writable(normalize_key(key))
+    key = _writable(rack, app, normalize_key(key))
     if not rack.store.exists(_store_key(app, key)):
         raise NotFound(f"object not found: {key}")
     rack.store.delete(_store_key(app, key))

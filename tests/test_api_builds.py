@@ -166,6 +166,30 @@ def test_logs_is_set_by_the_rack_only(client, source):
     assert b"the other app's data" not in client.get(f"/apps/myapp/builds/{build_id}/logs").data
 
 
+def test_an_external_builder_stores_and_reports_its_own_log_as_convox_s_does(client, source):
+    """Convox's --external builder stores build/<ID>/logs, then PUTs ended, logs and its status."""
+    build = client.post("/apps/myapp/builds", data={"external": "true"}).get_json()
+    own, key = f"object://myapp/build/{build['id']}/logs", f"build/{build['id']}/logs"
+    log = b"Building: .\nERROR: the local engine failed\n"
+    other = client.post("/apps/myapp/builds", data={"url": source}).get_json()
+    assert client.post(f"/apps/myapp/objects/build/{other['id']}/logs", data=b"forged").status_code == 403
+    stored = client.post(f"/apps/myapp/objects/{key}", data=log)
+    assert (stored.status_code, stored.get_json()["Url"]) == (200, own)
+    for forged in (f"object://myapp/build/{other['id']}/logs", source):
+        refused = client.put(f"/apps/myapp/builds/{build['id']}", data={"logs": forged})
+        assert refused.status_code == 403, forged
+    ended = client.put(
+        f"/apps/myapp/builds/{build['id']}",
+        data={"ended": "20261201.120000.000000000", "logs": own, "status": "failed"},
+    )
+    assert (ended.status_code, ended.get_json()["logs"], ended.get_json()["status"]) == (200, own, "failed")
+    assert client.get(f"/apps/myapp/builds/{build['id']}/logs").data == log
+    late = client.post(f"/apps/myapp/objects/{key}", data=b"rewritten after the end")
+    assert late.status_code == 403  # the build has ended: its log is the rack's now
+    assert client.put(f"/apps/myapp/builds/{build['id']}", data={"logs": own}).status_code == 403
+    assert client.get(f"/apps/myapp/objects/{key}").data == log
+
+
 @pytest.mark.parametrize("key", ["build/BFORGEDXXXX/logs", "build//BFORGEDXXXX/logs", "build", "./build/x"])
 def test_keys_under_build_are_not_writable_through_the_objects_api(client, source, key):
     resp = client.post(f"/apps/myapp/objects/{key}", data=b"forged log")

@@ -206,13 +206,19 @@ def update(rack: Rack, app: str, build_id: str, changes: dict[str, str]) -> dict
     Status moves only forward, each move one guarded statement: `created` → `running` (which then
     heartbeats on every PUT), `created`/`running` → `complete`/`failed` (which ends the log stream).
     """
-    if changes.get("logs") is not None:
-        raise Forbidden(
-            f"logs is set by the rack only: the log of build {build_id} is stored at "
-            f"{objects.url(app, objects.build_log_key(build_id))} when the build ends"
-        )
     row = get(rack, app, build_id)
     fields: dict = {}
+    if changes.get("logs") is not None:
+        own = objects.url(app, objects.build_log_key(build_id))
+        if (
+            changes["logs"] != own
+            or objects.outside_log_build(rack, app, objects.build_log_key(build_id)) is None
+        ):
+            raise Forbidden(
+                f"logs is set by the rack only (or by an --external build's own builder, as {own}, before "
+                f"the build ends): the log of build {build_id} is stored at {own} when the build ends"
+            )
+        fields["logs"] = own
     for key in ("entrypoint", "manifest", "release", "description"):
         if changes.get(key) is not None:
             fields[key] = changes[key]

@@ -194,7 +194,7 @@ def stale_running(conn, *, older_than_seconds: int) -> list[dict]:
     """Running builds whose rack process stopped heartbeating (an outside builder's are `overdue_outside`)."""
     return fetchall(
         conn,
-        "SELECT * FROM builds WHERE status = 'running' AND process <> 'external'"
+        "SELECT * FROM builds WHERE status = 'running' AND NOT (process = 'external' AND repository <> '')"
         " AND heartbeat < now() - make_interval(secs => %s)",
         (older_than_seconds,),
     )
