@@ -11,10 +11,10 @@ import unicodedata
 from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from rack import apps
+from rack import apps, giturl
 from rack.builds import record as builds
 from rack.context import Rack
-from rack.errors import Invalid, NotFound, TooLarge, Unauthorized
+from rack.errors import Conflict, Invalid, NotFound, TooLarge, Unauthorized
 from rack.ids import check_id, new_id
 from rack.scrub import scrub
 from rack.sql import webhooks as sql
@@ -31,7 +31,7 @@ def serialize(row: dict, *, secret: bool = False) -> dict:
     out = {
         "id": row["id"],
         "app": row["app"],
-        "repo": scrub(row["repo"]),
+        "repo": scrub(giturl.with_credentials(row["repo"], "***", "") if row["credentials"] else row["repo"]),
         "branch": row["branch"],
         "promote": row["promote"],
         "url": f"/webhooks/{row['id']}",
@@ -40,6 +40,20 @@ def serialize(row: dict, *, secret: bool = False) -> dict:
     if secret:
         out["secret"] = row["secret"]
     return out
+
+
+def _clone_url(rack: Rack, hook: dict) -> str:
+    """The registered repo with its credentials unsealed (the build seals them again beside itself)."""
+    if not hook["credentials"]:
+        return hook["repo"]
+    try:
+        user, password = giturl.unseal(rack.settings.password, hook["credentials"])
+    except ValueError as exc:
+        raise Conflict(
+            f"webhook {hook['id']}: its git credentials cannot be read ({exc}); delete the webhook and add"
+            " it again with the repository's credentials"
+        ) from None
+    return giturl.with_credentials(hook["repo"], user, password)
 
 
 def check_repo(rack: Rack, repo: str) -> str:
@@ -83,6 +97,8 @@ def check_branch(branch: str) -> str:
 def create(rack: Rack, app: str, *, repo: str, branch: str = "main", promote: bool = False) -> dict:
     """Register a webhook for an app with a new secret; the returned row holds that secret."""
     repo, branch = check_repo(rack, repo), check_branch(branch)
+    repo, user, password = giturl.split_credentials(repo)  # kept sealed, as a build's are
+    credentials = giturl.seal(rack.settings.password, user, password) if user or password else ""
     with rack.db.transaction() as conn:
         apps.get(rack, app, conn)
         return sql.insert(
@@ -90,6 +106,7 @@ def create(rack: Rack, app: str, *, repo: str, branch: str = "main", promote: bo
             id=new_id("W"),
             app=app,
             repo=repo,
+            credentials=credentials,
             branch=branch,
             secret=secrets.token_hex(32),
             promote=bool(promote),
@@ -154,7 +171,7 @@ def deliver(rack: Rack, webhook_id: str, *, body: bytes, headers: Mapping[str, s
         row = builds.create(
             rack,
             hook["app"],
-            url=f"{hook['repo']}#{sha}",  # the registered repo: a payload cannot point the rack elsewhere
+            url=f"{_clone_url(rack, hook)}#{sha}",  # the registered repo: a payload cannot point elsewhere
             description=description,
             git_sha=sha,
             promote=hook["promote"],

@@ -13,8 +13,9 @@ import requests
 from click.testing import CliRunner
 
 from cli.main import main
-from rack import webhooks
+from rack import giturl, webhooks
 from rack.config import ConfigError, load_settings
+from rack.db import execute, fetchall
 from rack.sql import builds as builds_sql
 
 REPO = "https://git.example.com/org/myapp.git"
@@ -100,10 +101,29 @@ def test_add_needs_an_app_and_the_password(client, anonymous, hook):
     assert anonymous.get(hook["url"]).status_code == 401  # only POST deliveries skip the password
 
 
-def test_credentials_in_the_repo_are_kept_but_never_shown(client, hook):
+def test_credentials_in_the_repo_are_kept_sealed_and_never_shown(client, anonymous, hook, enqueued, rack):
     resp = client.post("/apps/myapp/webhooks", data={"repo": "https://bot:tok3n@git.example.com/org/a.git"})
-    assert resp.get_json()["repo"] == "https://***@git.example.com/org/a.git"
+    made = resp.get_json()
+    assert made["repo"] == "https://***@git.example.com/org/a.git"
     assert "tok3n" not in client.get("/apps/myapp/webhooks").get_data(as_text=True)
+    with rack.db.transaction() as conn:
+        (stored,) = [r for r in fetchall(conn, "SELECT * FROM webhooks") if r["id"] == made["id"]]
+    assert stored["repo"] == "https://git.example.com/org/a.git"
+    assert "tok3n" not in json.dumps(stored, default=str)  # sealed with the rack's password
+    build = deliver(anonymous, made, push()).get_json()["build"]
+    with rack.db.transaction() as conn:
+        row = builds_sql.get(conn, app="myapp", id=build["id"])
+    assert row["source_url"] == f"https://git.example.com/org/a.git#{SHA}"
+    assert giturl.unseal(rack.settings.password, row["options"]["git_credentials"]) == ("bot", "tok3n")
+    with rack.db.transaction() as conn:  # sealed under another rack password: refused with what to do
+        execute(
+            conn,
+            "UPDATE webhooks SET credentials = %s WHERE id = %s",
+            (giturl.seal("other", "a", "b"), made["id"]),
+        )
+    refused = deliver(anonymous, made, push(after="1" * 40))
+    assert refused.status_code == 409
+    assert "delete the webhook and add it again" in refused.get_json()["error"]
 
 
 def test_a_push_to_the_branch_builds_the_registered_repo_at_the_pushed_sha(anonymous, hook, enqueued, rack):

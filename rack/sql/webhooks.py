@@ -5,12 +5,14 @@ from __future__ import annotations
 from rack.db import execute, fetchall, fetchone, returning
 
 
-def insert(conn, *, id: str, app: str, repo: str, branch: str, secret: str, promote: bool) -> dict:
+def insert(
+    conn, *, id: str, app: str, repo: str, credentials: str, branch: str, secret: str, promote: bool
+) -> dict:
     return returning(
         conn,
-        "INSERT INTO webhooks (id, app, repo, branch, secret, promote) VALUES (%s, %s, %s, %s, %s, %s)"
-        " RETURNING *",
-        (id, app, repo, branch, secret, promote),
+        "INSERT INTO webhooks (id, app, repo, credentials, branch, secret, promote)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (id, app, repo, credentials, branch, secret, promote),
     )
 
 
