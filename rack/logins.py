@@ -1,4 +1,5 @@
-"""People signing in with the rack password (the web console), with a limit on wrong guesses per client."""
+"""People signing in with the rack password (the web console), with a limit on wrong guesses per client,
+and the sessions they signed out of (refused from then on, wherever a copy of the cookie is)."""
 
 from __future__ import annotations
 
@@ -34,5 +35,25 @@ def check_password(rack: Rack, *, client: str, password: str) -> bool:
         pipe.expire(key, WINDOW, nx=True)
         pipe.execute()
         return False
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable("the sign-in store (Redis) is unreachable; try again shortly") from exc
+
+
+def _ended_key(session_id: str) -> str:
+    return f"rack:signed-out:{session_id[:MAX_CLIENT]}"
+
+
+def end_session(rack: Rack, session_id: str, *, lifetime: int) -> None:
+    """Remember that a session signed out, for as long as its cookie could still be presented."""
+    try:
+        rack.redis.set(_ended_key(session_id), b"1", ex=max(1, lifetime))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable("the sign-in store (Redis) is unreachable: sign out again shortly") from exc
+
+
+def session_ended(rack: Rack, session_id: str) -> bool:
+    """Tell whether a session signed out (so its cookie opens nothing, even copied elsewhere)."""
+    try:
+        return bool(rack.redis.exists(_ended_key(session_id)))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Unavailable("the sign-in store (Redis) is unreachable; try again shortly") from exc

@@ -117,6 +117,24 @@ def test_every_form_needs_its_csrf_token(browser, settings, rack, myapp):
     assert browser.get("/console").status_code == 302
 
 
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app, browser, settings, myapp):
+    cookie = cookie_header(sign_in(browser, settings.password)).split(";", 1)[0].split("=", 1)[1]
+    copy = app.test_client()  # the same cookie, carried off elsewhere
+    copy.set_cookie("rack_console", cookie)
+    assert copy.get("/console/apps/myapp").status_code == 200
+    page = browser.get("/console")
+    assert browser.post("/console/logout", data={"csrf_token": token(page)}).status_code == 302
+    assert browser.get("/console/apps/myapp").status_code == 302
+    refused = copy.get("/console/apps/myapp")
+    assert (refused.status_code, refused.headers["Location"]) == (
+        302,
+        "/console/login?next=/console/apps/myapp",
+    )
+    assert sign_in(browser, settings.password).status_code == 302  # a new sign-in is a new session
+    assert browser.get("/console/apps/myapp").status_code == 200
+    assert copy.get("/console/apps/myapp").status_code == 302
+
+
 def test_a_csrf_token_from_another_session_is_refused(app, settings, rack, myapp):
     alice, mallory = app.test_client(), app.test_client()
     assert sign_in(alice, settings.password).status_code == 302

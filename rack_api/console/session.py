@@ -44,7 +44,11 @@ def rack_password(app: Flask) -> str:
 
 
 def signed_in() -> bool:
-    return session.get("signed_in") is True
+    """A signed-in session that has not signed out (a copy of its cookie is refused after sign-out)."""
+    sid = session.get("sid")
+    if session.get("signed_in") is not True or not isinstance(sid, str):
+        return False
+    return not logins.session_ended(rack(), sid)
 
 
 def csrf_token() -> str:
@@ -70,11 +74,16 @@ def sign_in(password: str) -> bool:
     session.clear()  # a new session: nothing from before sign-in carries over (fixation)
     session.permanent = True
     session["signed_in"] = True
+    session["sid"] = secrets.token_urlsafe(24)
     csrf_token()
     return True
 
 
 def sign_out() -> None:
+    """End the session here and for every copy of its cookie, then clear it."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        logins.end_session(rack(), sid, lifetime=int(LIFETIME.total_seconds()))
     session.clear()
 
 
