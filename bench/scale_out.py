@@ -88,7 +88,7 @@ def main() -> int:
     db = Database(stack.env["RACK_DATABASE_URL"])
     migrate(db)
     db.close()
-    hosts = Hosts(home / "hosts", key=stack.ports["postgres"], count=4, registry_port=stack.ports["registry"])
+    hosts = Hosts(home / "hosts", count=4, registry_port=stack.ports["registry"])
     hosts.start()
     objects_dir = home / "objects"
     env = worker_env_for(

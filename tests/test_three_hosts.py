@@ -32,9 +32,7 @@ pytestmark = pytest.mark.docker
 def hosts(docker_stack):
     root = Path(tempfile.mkdtemp(prefix="rack-hosts-", dir="/tmp"))
     root.chmod(0o755)
-    started = Hosts(
-        root, key=docker_stack.ports["postgres"], count=3, registry_port=docker_stack.ports["registry"]
-    ).start()
+    started = Hosts(root, count=3, registry_port=docker_stack.ports["registry"]).start()
     try:
         for engine in started.engines:
             client = engine.docker()
@@ -72,8 +70,8 @@ def source(step: str) -> dict:
 def test_three_hosts_share_the_queue_fairly_and_survive_a_lost_worker(
     docker_stack, hosts, rack, settings, monkeypatch, tmp_path
 ):
-    # A build step on a host sees its namespace only: not Postgres on the machine's loopback, but the
-    # registry through the bridge.
+    # A host's namespace sees none of the machine's loopback (Postgres there), only the registry through
+    # the engine's forwarder on the namespace's own loopback.
     engine = hosts.engines[0].docker()
     try:
         probe = (
