@@ -741,3 +741,137 @@ class LiveRack:
         for t in self.threads:
             t.join(60)
         self.rack.close()
+
+
+class Crowd:
+    """Follow one build's log `count` times at once from one thread: every other follower a websocket
+    (Convox's protocol), the rest chunked HTTP, all on one selector loop.
+
+    They stand for clients on other machines: one loop costs the machine a fraction of what hundreds of
+    client threads do, so a test's measurements of the API are not its own clients' CPU. `connect()` returns
+    once every follower is attached (websocket accepted, or chunked headers received); `run()` reads until
+    every follower's log ended (the empty binary frame, or the chunked body's last chunk) and returns each
+    one's `(ended, bytes received)`.
+    """
+
+    def __init__(self, url: str, password: str, app: str, build_id: str, count: int, offset: int = 0):
+        self.host, self.port = url.split("://", 1)[1].rsplit(":", 1)
+        self.path = f"/apps/{app}/builds/{build_id}/logs"
+        self.auth = basic(password)["Authorization"].encode()
+        self.count, self.offset = count, offset
+        self.followers: list[dict] = []
+
+    def connect(self, timeout: float = 60) -> None:
+        import selectors
+
+        import h11
+        import wsproto
+        from wsproto.events import Request
+
+        self.selector = selectors.DefaultSelector()
+        for i in range(self.count):
+            sock = socket.create_connection((self.host, int(self.port)), timeout=timeout)
+            one: dict = {"sock": sock, "ws": i % 2 == 0, "data": bytearray(), "ended": False, "open": True}
+            host = f"{self.host}:{self.port}"
+            if one["ws"]:
+                one["conn"] = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                headers = [(b"authorization", self.auth), (b"offset", str(self.offset).encode())]
+                sock.sendall(one["conn"].send(Request(host=host, target=self.path, extra_headers=headers)))
+            else:
+                one["conn"] = h11.Connection(h11.CLIENT)
+                target = f"{self.path}?offset={self.offset}"
+                headers = [("host", host), ("authorization", self.auth)]
+                request = h11.Request(method="GET", target=target, headers=headers)
+                sock.sendall(one["conn"].send(request) + one["conn"].send(h11.EndOfMessage()))
+            one["connected"] = False
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, one)
+            self.followers.append(one)
+        self._loop(lambda: all(f["connected"] or not f["open"] for f in self.followers), timeout, "attached")
+
+    def run(self, timeout: float = 120) -> list[tuple[bool, bytes]]:
+        try:
+            self._loop(lambda: not any(f["open"] for f in self.followers), timeout, "ended")
+        finally:
+            for one in self.followers:
+                if one["open"]:
+                    self._close(one)
+            self.selector.close()
+        return [(one["ended"], bytes(one["data"])) for one in self.followers]
+
+    def _loop(self, done, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not every follower {what} within {timeout}s")
+            for key, _ in self.selector.select(timeout=1):
+                one = key.data
+                try:
+                    data = one["sock"].recv(256 * 1024)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                try:
+                    (self._ws if one["ws"] else self._chunked)(one, data)
+                except Exception:  # a protocol error, such as a chunked body cut short: not ended
+                    if one["open"]:
+                        self._close(one)
+                if not data and one["open"]:
+                    self._close(one)
+
+    def _ws(self, one: dict, data: bytes) -> None:
+        from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
+
+        conn = one["conn"]
+        conn.receive_data(data or None)
+        for event in conn.events():
+            if isinstance(event, AcceptConnection):
+                one["connected"] = True
+            elif isinstance(event, TextMessage):
+                one["data"] += event.data.encode()
+            elif isinstance(event, BytesMessage):
+                if not event.data and event.message_finished:
+                    one["ended"] = True
+                    self._close(one)
+                    return
+                one["data"] += event.data
+            elif isinstance(event, Ping):
+                one["sock"].setblocking(True)
+                one["sock"].sendall(conn.send(event.response()))
+                one["sock"].setblocking(False)
+            elif isinstance(event, CloseConnection):
+                self._close(one)
+                return
+            else:  # a refused handshake
+                self._close(one)
+                return
+
+    def _chunked(self, one: dict, data: bytes) -> None:
+        import h11
+
+        conn = one["conn"]
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Response):
+                one["connected"] = event.status_code == 200
+                if not one["connected"]:
+                    self._close(one)
+                    return
+            elif isinstance(event, h11.Data):
+                one["data"] += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                one["ended"] = True
+                self._close(one)
+                return
+            else:  # h11.ConnectionClosed, or anything past the one response
+                self._close(one)
+                return
+
+    def _close(self, one: dict) -> None:
+        one["open"] = False
+        self.selector.unregister(one["sock"])
+        one["sock"].close()
