@@ -56,6 +56,7 @@ class Settings:
     env_max_bytes: int = 512 * 1024  # an app's whole environment
     build_memory: int = 0
     build_cpus: float = 0.0
+    build_cgroup: str = ""  # the engine's --cgroup-parent, where the worker sets the two limits above
     builder: str = "buildkit"  # or "classic": the engine's classic builder, for an engine without BuildKit
     build_parallel: int = 2  # services of one build built side by side
     log_stream_ttl: int = 3600

@@ -9,6 +9,8 @@ for scale-out): engine 0 keeps its files in the stack's home, the others in `<ho
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 CHECKOUT = Path(__file__).resolve().parents[1]
 _SOCKET_PATH_MAX = 107
 FORWARDER = "rack_stack.netns"  # its module, run with -m
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_CONTROLLERS = ("memory", "cpu")  # those the worker sets limits in; the runtime makes the others
 
 
 # On a network it does not own (the host's, or a namespace made for it): no bridge and no rules of ours, so
@@ -79,6 +83,32 @@ class Dockerd(Service):
         """Tell whether the engine runs in a namespace of its own (every build network but `host`)."""
         return self.network != "host"
 
+    @property
+    def cgroup(self) -> str:
+        """Return the cgroup the engine runs its containers under (its `--cgroup-parent`, RACK_BUILD_CGROUP).
+
+        The worker sets RACK_BUILD_MEMORY and RACK_BUILD_CPUS on it (rack/pipeline/engine/limits.py).
+        """
+        return "rack-" + hashlib.sha1(f"{self.stack.home}#{self.index}".encode()).hexdigest()[:12]
+
+    def make_cgroup(self) -> None:
+        """Make the engine's cgroup in the memory and cpu hierarchies, without limits until a build."""
+        for controller in CGROUP_CONTROLLERS:
+            folder = CGROUP_ROOT / controller
+            if not folder.is_dir():
+                raise procs.StartError(
+                    f"{folder} is missing: the engine's build limits need cgroup v1 with the {controller} "
+                    "controller mounted there"
+                )
+            (folder / self.cgroup).mkdir(exist_ok=True)
+
+    def remove_cgroup(self) -> None:
+        """Remove the engine's cgroup, and what the engine's runtime made below it, in every hierarchy."""
+        for top in CGROUP_ROOT.glob(f"*/{self.cgroup}"):
+            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                folder.rmdir()  # a cgroup's files vanish with it; one with processes in it refuses
+            top.rmdir()
+
     def namespace(self) -> Namespace:
         """Return this engine's network namespace (named after the stack's home and the index)."""
         return Namespace.for_key(f"{self.stack.home}#{self.index}")
@@ -105,6 +135,7 @@ class Dockerd(Service):
         config.write_text(json.dumps({}) + "\n")
         (self.home / "docker").mkdir(exist_ok=True)
         self.exec_root.mkdir(parents=True, exist_ok=True)
+        self.make_cgroup()
         return [
             "dockerd",
             "--config-file", config,
@@ -112,6 +143,7 @@ class Dockerd(Service):
             "--data-root", self.home / "docker",
             "--exec-root", self.exec_root,
             "--pidfile", self.pidfile,
+            "--cgroup-parent", f"/{self.cgroup}",
         ]  # fmt: skip
 
     def launch(self) -> int:
@@ -172,6 +204,8 @@ class Dockerd(Service):
         ns = self.namespace()
         ns.delete()
         delete_rules(ns.name)  # of a namespace that went before its rules
+        with contextlib.suppress(OSError):  # busy: a container outlived its engine; the next start reuses it
+            self.remove_cgroup()
 
 
 def _mounts_under(*folders: Path) -> list[str]:

@@ -93,6 +93,7 @@ class Stack:
             "RACK_REGISTRY_USERNAME": REGISTRY_USER,
             "RACK_REGISTRY_PASSWORD": self.secrets["registry"],
             "RACK_DOCKER_HOST": f"unix://{self.docker_socket}",
+            "RACK_BUILD_CGROUP": self.services["dockerd"].cgroup,  # type: ignore[attr-defined]
             "RACK_PASSWORD": self.password,
             "RACK_NAME": "local",
             "RACK_BUILD_NETWORK": self.build_network,

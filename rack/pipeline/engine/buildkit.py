@@ -4,8 +4,10 @@ The client runs as a subprocess in its own process group, so a cancel or a timeo
 then stops the step it ran). Its `--progress=plain` output is parsed line by line into the build's log, and a
 failing step is named as the classic builder names it (`Step 3/5 : RUN make`), so reasons read the same under
 both builders. Secrets reach the build as `--secret` files that exist only while it runs; cache mounts are
-scoped per app on each engine and start empty again after a `--no-cache` build. Pulls, tags, pushes and image
-inspection stay on the docker SDK (`classic.Engine`).
+scoped per app on each engine and start empty again after a `--no-cache` build. The client ignores
+`--memory` and `--cpu-*`: RACK_BUILD_MEMORY and RACK_BUILD_CPUS bound the steps through the engine's cgroup
+(limits.py), and a step the kernel killed there for memory fails as `user:memory`. Pulls, tags, pushes and
+image inspection stay on the docker SDK (`classic.Engine`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rack.config import Settings, build_network_mode
 from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError
 from rack.pipeline import dockerfile as parse
 from rack.pipeline.engine import classic
+from rack.pipeline.engine.limits import OomWatch, mib
 from rack.pipeline.engine.stream import Lines
 from rack.reasons import Reason
 
@@ -121,8 +124,10 @@ def normalize_image(image: str) -> str:
 class PlainProgress:
     """Follow `--progress=plain` output: which line to log, each step's name, and what failed."""
 
-    def __init__(self, steps: StepNames) -> None:
+    def __init__(self, steps: StepNames, *, memory: int = 0, oom: OomWatch | None = None) -> None:
         self.steps = steps
+        self.memory = memory  # RACK_BUILD_MEMORY, and the watch on the engine's cgroup that enforces it
+        self.oom = oom
         self.names: dict[str, str] = {}
         self.failed: tuple[str, str] | None = None  # the first step that failed, and its error
         self.last = ""  # the client's last words: its error when no step failed
@@ -186,6 +191,12 @@ class PlainProgress:
         if m := _EXIT.search(message):
             command, code = m.group("command"), m.group("code")
             returned = f"The command '{command}' returned a non-zero code: {code}"
+            if code == "137" and self.oom is not None and self.oom.killed():
+                return BuildUserError(
+                    Reason.MEMORY,
+                    f"{label}: {returned} (killed: the build's steps used more than their memory limit, "
+                    f"RACK_BUILD_MEMORY={self.memory} ({mib(self.memory)}))",
+                )
             return BuildUserError(Reason.STEP, f"{label}: {returned}")
         return BuildUserError(Reason.STEP, f"{label}: {message}")
 
@@ -286,11 +297,14 @@ class Engine(classic.Engine):
         """Build an image with BuildKit, yielding its output line by line; return the image id."""
         path = context / dockerfile
         text = path.read_text("utf-8")
-        if self.settings.build_memory or self.settings.build_cpus:
+        limited = bool(self.settings.build_memory or self.settings.build_cpus)
+        cgroup = self.engine_cgroup()
+        if cgroup is None and limited:
             yield (
-                "Note: RACK_BUILD_MEMORY and RACK_BUILD_CPUS are not applied to BuildKit steps by this "
-                "engine (its client ignores --memory and --cpu-*); RACK_BUILDER=classic enforces them\n"
+                "Note: RACK_BUILD_MEMORY and RACK_BUILD_CPUS are not applied to these BuildKit steps: the "
+                "client ignores --memory and --cpu-*, and RACK_BUILD_CGROUP names no engine cgroup to bound\n"
             )
+        oom = cgroup.watch_oom() if cgroup is not None and self.settings.build_memory else None
         work = Path(tempfile.mkdtemp(prefix="rack-buildkit-", dir=self.scratch))  # 0700: secrets, iid file
         try:
             if app and "type=cache" in text:
@@ -326,14 +340,18 @@ class Engine(classic.Engine):
             if nocache:
                 argv.append("--no-cache")
             argv.append(str(context))
-            image_id = yield from self._run(argv, env, StepNames(text), dockerfile, check)
+            progress = PlainProgress(StepNames(text), memory=self.settings.build_memory, oom=oom)
+            image_id = yield from self._run(argv, env, progress, dockerfile, check)
             return image_id or iidfile.read_text().strip() or self.image_id(tag)
         finally:
+            if oom is not None:
+                oom.close()
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run(self, argv: list[str], env: dict[str, str], steps: StepNames, dockerfile: str, check) -> Lines:
+    def _run(
+        self, argv: list[str], env: dict[str, str], progress: PlainProgress, dockerfile: str, check
+    ) -> Lines:
         check()
-        progress = PlainProgress(steps)
         try:
             proc = subprocess.Popen(
                 argv,

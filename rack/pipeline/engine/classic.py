@@ -15,6 +15,7 @@ import docker.errors
 
 from rack.config import Settings, build_network_mode
 from rack.errors import BuildError, BuildPlatformError, BuildUserError
+from rack.pipeline.engine.limits import EngineCgroup
 from rack.pipeline.engine.stream import (
     TRANSPORT,
     Lines,
@@ -54,6 +55,25 @@ class Engine:
         _api_versions[settings.docker_host] = self.client.api.api_version
         self.api = self.client.api
         self._logged_in = False
+        self._limited = False
+
+    def engine_cgroup(self) -> EngineCgroup | None:
+        """Bound the engine's steps by RACK_BUILD_MEMORY and RACK_BUILD_CPUS, once per session.
+
+        Return the engine's cgroup (RACK_BUILD_CGROUP), or None when the engine has none named. Every
+        session writes the limits, none or not, so an engine always runs under the settings of its build;
+        a worker with no limits to set does without a cgroup it cannot see (one in a container of its own).
+        """
+        if not self.settings.build_cgroup:
+            return None
+        cgroup = EngineCgroup(self.settings.build_cgroup)
+        if not (self.settings.build_memory or self.settings.build_cpus or cgroup.exists()):
+            return None
+        with self._lock:
+            if not self._limited:
+                cgroup.apply(memory=self.settings.build_memory, cpus=self.settings.build_cpus)
+                self._limited = True
+        return cgroup
 
     def __enter__(self) -> Engine:
         return self
@@ -104,6 +124,7 @@ class Engine:
         classic builder has no secret mounts: `secrets` and `app` (the scope of cache mounts) are BuildKit's.
         """
         self.login()
+        self.engine_cgroup()  # the steps of this build, one at a time, each also under limits of its own
         image_id = ""
         step = ""
         sources = yield from self._cache_sources(cache_from, check=check)
