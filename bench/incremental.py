@@ -50,31 +50,50 @@ def convox_build(stack: Stack, folder: Path, app: str) -> tuple[float, str]:
         "RACK_URL": f"http://convox:{stack.password}@{stack.env['RACK_API_URL'].split('//', 1)[1]}",
     }
     began = time.perf_counter()
-    proc = subprocess.run(
+    marks: dict[str, float] = {}  # when the CLI's own lines ended: what it did before the worker built
+    proc = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "convox"), "build", str(folder), "-a", app],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        for mark, start in (
+            ("hash", "Hashing source"),
+            ("upload", "Uploading source"),
+            ("start", "Starting"),
+        ):
+            if line.startswith(start) and mark not in marks:
+                marks[mark] = time.perf_counter() - began
+    proc.wait()
     elapsed = time.perf_counter() - began
+    stdout = "".join(lines)
     if proc.returncode != 0:
-        raise SystemExit(f"convox build failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-    sent = next((line for line in proc.stdout.splitlines() if "(sent " in line), "")
+        raise SystemExit(f"convox build failed: {stdout[-3000:]}")
+    ends = list(marks.values())
+    cli = " ".join(f"{k}={end - prev:.2f}" for k, end, prev in zip(marks, ends, [0.0, *ends], strict=False))
+    sent = next((line for line in stdout.splitlines() if "(sent " in line), "")
     build = requests.get(
         f"{stack.env['RACK_API_URL']}/apps/{app}/builds?limit=1", auth=("convox", stack.password), timeout=30
     ).json()[0]
-    reused = "reused" if "Reusing the images of build" in proc.stdout else "built"
+    reused = "reused" if "Reusing the images of build" in stdout else "built"
     phases = " ".join(f"{k}={v:.2f}" for k, v in (build.get("phases") or {}).items())
-    return elapsed, f"{sent.split('(', 1)[-1].rstrip(')')}; {reused}; worker phases: {phases}"
+    return elapsed, f"{sent.split('(', 1)[-1].rstrip(')')}; {reused}; cli: {cli}; worker phases: {phases}"
 
 
-def floor(stack: Stack, folder: Path, app: str, n: int, api, work: Path) -> float:
-    """Time tar + upload + bare BuildKit build + push of the folder."""
+def floor(stack: Stack, folder: Path, app: str, n: int, api, work: Path) -> tuple[float, str]:
+    """Time tar + upload + bare BuildKit build + push of the folder; return the seconds and its parts."""
     registry, host = stack.env["RACK_REGISTRY"], stack.env["RACK_DOCKER_HOST"]
     tag = f"{registry}/{app}:web.F{n:09d}"
     began = time.perf_counter()
+    parts: dict[str, float] = {}
     archive = work / "floor.tar"
     subprocess.run(["tar", "cf", str(archive), "-C", str(folder), "."], check=True)
+    parts["tar"] = time.perf_counter() - began
     with open(archive, "rb") as fh:
         resp = requests.post(
             f"{stack.env['RACK_API_URL']}/apps/{app}/objects/tmp/floor.tar",
@@ -83,14 +102,17 @@ def floor(stack: Stack, folder: Path, app: str, n: int, api, work: Path) -> floa
             timeout=600,
         )
     resp.raise_for_status()
+    parts["upload"] = time.perf_counter() - began - sum(parts.values())
     argv = [DOCKER, "-H", host, "build", "--progress=plain", "--network", "host", "--tag", tag, str(folder)]
     proc = subprocess.run(argv, env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"}, capture_output=True)
     if proc.returncode != 0:
         raise SystemExit(f"bare build failed: {proc.stdout[-2000:].decode()}{proc.stderr[-2000:].decode()}")
+    parts["build"] = time.perf_counter() - began - sum(parts.values())
     for event in api.push(*split_image(tag), stream=True, decode=True):
         if "error" in event:
             raise SystemExit(f"bare push failed: {event['error']}")
-    return time.perf_counter() - began
+    parts["push"] = time.perf_counter() - began - sum(parts.values())
+    return time.perf_counter() - began, "floor: " + " ".join(f"{k}={v:.2f}" for k, v in parts.items())
 
 
 def main() -> None:
@@ -105,6 +127,7 @@ def main() -> None:
     stack = Stack(home)
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in GOALS}
     sent: dict[str, str] = {}
+    parts: dict[str, str] = {}
     try:
         stack.start(services=("postgres", "redis", "dockerd", "registry", "api", "worker"))
         stack.seed_base_image()
@@ -126,13 +149,15 @@ def main() -> None:
                     change_one(other, n + 1)
                 # alternate which side goes first, so neither always meets the engine right after the other
                 if step % 2:
-                    times[name][1].append(floor(stack, other, theirs, 10 * n + step, client.api, home))
+                    took, parts[name] = floor(stack, other, theirs, 10 * n + step, client.api, home)
+                    times[name][1].append(took)
                     took, sent[name] = convox_build(stack, mine, ours)
                     times[name][0].append(took)
                 else:
                     took, sent[name] = convox_build(stack, mine, ours)
                     times[name][0].append(took)
-                    times[name][1].append(floor(stack, other, theirs, 10 * n + step, client.api, home))
+                    took, parts[name] = floor(stack, other, theirs, 10 * n + step, client.api, home)
+                    times[name][1].append(took)
             shutil.rmtree(mine)
             shutil.rmtree(other)
         print(
@@ -143,8 +168,9 @@ def main() -> None:
             ours_s, floor_s = (statistics.median(t) for t in times[name])
             print(
                 f"{name:17} rack {ours_s:6.2f} s  floor {floor_s:6.2f} s  ratio {ours_s / floor_s:5.2f}"
-                f"  (goal: {goal})  {sent[name]}"
+                f"  (goal: {goal})"
             )
+            print(f"    rack: {sent[name]}\n    {parts[name]}")
         client.close()
         rack.close()
     finally:

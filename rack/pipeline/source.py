@@ -139,12 +139,12 @@ def extract_tarball(
 
 
 @contextlib.contextmanager
-def _empty_root(dest: Path) -> Iterator[tuple[str, int]]:
-    """Open the empty directory dest for extraction: its real path and a descriptor of it."""
+def _empty_root(dest: Path, *, empty: bool = True) -> Iterator[tuple[str, int]]:
+    """Open the (empty) directory dest for extraction: its real path and a descriptor of it."""
     root = os.path.realpath(dest)
     root_fd = os.open(root, _DIR_FLAGS)
     try:
-        if os.listdir(root_fd):
+        if empty and os.listdir(root_fd):
             raise ValueError(f"{dest} must be an empty directory")
         yield root, root_fd
     finally:
@@ -160,15 +160,20 @@ def extract_members(
     max_entries: int,
     max_depth: int = 256,
     stop: Stop | None = None,
+    replace: bool = False,
+    links: Iterable[str] = (),
 ) -> None:
     """Write members (tar headers, from an archive or made from a source tree) into the empty dest.
 
-    The same rules as for a tarball's members hold; a regular file's bytes come from `open_member`.
+    The same rules as for a tarball's members hold; a regular file's bytes come from `open_member`. With
+    `replace`, dest may hold an earlier tree, whose symlinks that stay are named in `links` (checked
+    again with the written ones). A member with `mtime_ns` gets that exact mtime.
     """
-    with _empty_root(dest) as (root, root_fd):
+    with _empty_root(dest, empty=not replace) as (root, root_fd):
         extraction = _Extraction(
             root, root_fd, max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth
         )
+        extraction.symlinks.extend((path, path) for path in links)
         source = _Opener(open_member)
         for count, member in enumerate(members, 1):
             if stop is not None and stop():
@@ -332,7 +337,10 @@ class _Extraction:
             os.fchmod(out.fileno(), mode if mode & 0o100 else mode & ~0o111)
             out.flush()  # before utime, or the last write would set mtime to now
             with contextlib.suppress(OverflowError, ValueError):  # a nonsense mtime is not worth failing on
-                os.utime(out.fileno(), (member.mtime, member.mtime))
+                if (ns := getattr(member, "mtime_ns", None)) is not None:
+                    os.utime(out.fileno(), ns=(ns, ns))
+                else:
+                    os.utime(out.fileno(), (member.mtime, member.mtime))
 
     def copy(self, data: IO[bytes], out: IO[bytes]) -> None:
         """Copy a member's bytes within the size limit: in the kernel when they come from a file."""

@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,7 @@ from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
 from rack.reasons import Reason
 from rack.scrub import scrub
-from rack.sources import tree
+from rack.sources import tree, worktree
 from rack.sources.assemble import assemble
 from rack.sql import builds as sql
 
@@ -222,6 +222,7 @@ class BuildRun:
     tree: str = ""  # the source tree's digest, when the source named it (manifest://)
     inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
     phases: Phases = field(init=False)
+    held: ExitStack = field(default_factory=ExitStack)  # the app's folder, while held
 
     def __post_init__(self) -> None:
         self.phases = Phases(self.rack, self.row["id"], process=self.watch.process)
@@ -239,6 +240,10 @@ class BuildRun:
 
     def run(self) -> None:
         """Fetch the source, read the manifest, then build or pull, tag and push every service."""
+        with self.held:  # the app's source folder stays this build's until its images are pushed
+            self._run()
+
+    def _run(self) -> None:
         if self.reuse_before_assembly():
             return
         self.fetch_source()
@@ -318,9 +323,19 @@ class BuildRun:
                     stop=self.stopping,
                 )
         elif url.startswith(tree.SCHEME):
-            self.src.mkdir()
             with self.phases.timing("extract"):  # contents are read from the store as they are written
-                self.tree = assemble(self.rack, url, self.src, stop=self.stopping)
+                held = self.held.enter_context(worktree.checkout(self.rack, url, stop=self.stopping))
+                if held is None:  # the app's folders are all in use: a private one, written whole
+                    self.src.mkdir()
+                    self.tree = assemble(self.rack, url, self.src, stop=self.stopping)
+                else:
+                    self.src, self.tree = held.path, held.digest
+                    if isinstance(self.engine, buildkit.Engine):
+                        self.engine.context_key = held.generation
+                    shown = "written from empty" if held.fresh else f"{held.written:,} written"
+                    self.out.line(
+                        f"Source: the app's folder on this worker ({shown}, {held.removed:,} removed)"
+                    )
         else:
             self.out.line(f"Cloning: {scrub(url)}")
             with self.phases.timing("fetch"):  # a clone fetches and checks out at once: no "extract"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +29,26 @@ def assemble(
     except Conflict as exc:
         raise BuildUserError(Reason.SOURCE, exc.message) from None
 
+    if only is not None:  # just these files (a build reads its manifest and Dockerfiles before the rest)
+        wanted = {posixpath.normpath(path).strip("/") for path in only}
+        entries = [e for e in entries if e.kind == "file" and posixpath.normpath(e.path).strip("/") in wanted]
+    by_path = {e.path: e.sha256 for e in entries if e.kind == "file"}
+    settings = rack.settings
+    extract_members(
+        (e.member() for e in entries),
+        content_opener(rack, app, by_path),
+        dest,
+        max_bytes=settings.extract_max_bytes,
+        max_entries=settings.extract_max_entries,
+        max_depth=settings.extract_max_depth,
+        stop=stop,
+    )
+    return digest
+
+
+def content_opener(rack: Rack, app: str, by_path: dict[str, str]) -> Callable[[tarfile.TarInfo], BinaryIO]:
+    """Open a tree member's stored content (`by_path`: the tree's paths and their sha256) for extraction."""
+
     def open_member(member: tarfile.TarInfo) -> BinaryIO:
         sha = by_path[member.name]
         try:
@@ -41,18 +61,4 @@ def assemble(
         except RackError as exc:
             raise BuildPlatformError(Reason.STORAGE, f"reading {member.name!r}: {exc.message}") from exc
 
-    if only is not None:  # just these files (a build reads its manifest and Dockerfiles before the rest)
-        wanted = {posixpath.normpath(path).strip("/") for path in only}
-        entries = [e for e in entries if e.kind == "file" and posixpath.normpath(e.path).strip("/") in wanted]
-    by_path = {e.path: e.sha256 for e in entries if e.kind == "file"}
-    settings = rack.settings
-    extract_members(
-        (e.member() for e in entries),
-        open_member,
-        dest,
-        max_bytes=settings.extract_max_bytes,
-        max_entries=settings.extract_max_entries,
-        max_depth=settings.extract_max_depth,
-        stop=stop,
-    )
-    return digest
+    return open_member

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from rack.context import Rack
 from rack.errors import RackError
-from rack.sources import contents
+from rack.sources import contents, worktree
 from rack.sql import sources as sql
 
 log = logging.getLogger(__name__)
@@ -44,4 +44,7 @@ def sweep_if_due(rack: Rack) -> dict[str, int] | None:
         if time.monotonic() - _last["at"] < rack.settings.source_sweep_interval and _last["at"]:
             return None
         _last["at"] = time.monotonic()
+    removed = worktree.sweep(rack)  # this host's folders of apps gone or unused for the retention
+    if removed:
+        log.info("removed the source folders of %s", ", ".join(removed))
     return sweep(rack)

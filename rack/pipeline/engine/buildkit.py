@@ -232,6 +232,10 @@ class Engine(classic.Engine):
         self._procs_lock = threading.Lock()
         self._config: Path | None = None
         self._engine_id = ""
+        # The identity of a context folder kept between builds (rack.sources.worktree): as the client's
+        # node id, with the folder's path it keys BuildKit's context transfer, which then sends only the
+        # files that changed since the last build from that folder.
+        self.context_key = ""
 
     def close(self) -> None:
         """Stop any client still running, remove the client's config, and close the engine's connections."""
@@ -260,6 +264,8 @@ class Engine(classic.Engine):
             path = self._config / "config.json"
             with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
                 json.dump({"auths": auths}, fh)
+        if self.context_key:
+            (self._config / ".buildNodeID").write_text(self.context_key)
         return self._config
 
     def cache_scope(self, app: str, *, reset: bool) -> str:
