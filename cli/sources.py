@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from cli.source import CHUNK, source_files
 if TYPE_CHECKING:  # imported when a build uploads: `convox --version` starts sooner
     import requests
 
-BATCH_BYTES = 32 * 1024 * 1024  # a batch's contents; each is one request, so a cut loses at most this
+BATCH_BYTES = 16 * 1024 * 1024  # a batch's contents; each is one request, so a cut loses at most this
 BATCH_FILES = 1000
+STREAMS = 2  # batches in flight at once: the rack stores each batch on a process of its own
 ATTEMPTS = 5  # asks for the missing contents before giving up on an upload that keeps being cut
 Progress = Callable[[int, int], None]
 
@@ -254,28 +256,54 @@ def _post_tree(client: RackClient, app: str, tree: Tree) -> dict | None:
 def _upload(
     client: RackClient, app: str, tree: Tree, missing: list[str], progress: Progress | None, limit: int
 ) -> None:
-    """Send the missing contents batch by batch; a cut batch ends this pass (the caller asks again)."""
+    """Send the missing contents, STREAMS batches at a time; a cut batch ends its stream (the caller asks
+    again what is missing, so the contents that arrived whole are not sent twice)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
     total = sum(tree.sizes[sha] for sha in missing)
     done = [0]
+    lock = threading.Lock()
+    pending = list(batches(tree, missing, limit=limit))
+    pending.reverse()
 
     def count(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], total)
+        with lock:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
 
-    for shas in batches(tree, missing, limit=limit):
-        resp = _request(client, f"/apps/{app}/contents", Batch(tree, shas, count), "application/x-tar")
-        if resp is None:
-            return
-        check(resp)
+    def stream() -> None:
+        own = requests.Session()  # a session of its own: requests' sessions are not shared across threads
+        own.auth, own.headers = client.session.auth, client.session.headers
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    shas = pending.pop()
+                body = Batch(tree, shas, count)
+                resp = _request(client, f"/apps/{app}/contents", body, "application/x-tar", session=own)
+                if resp is None:
+                    return
+                check(resp)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(max_workers=STREAMS) as pool:
+        for running in [pool.submit(stream) for _ in range(min(STREAMS, len(pending)))]:
+            running.result()
 
 
-def _request(client: RackClient, path: str, body, content_type: str) -> requests.Response | None:
+def _request(
+    client: RackClient, path: str, body, content_type: str, *, session: requests.Session | None = None
+) -> requests.Response | None:
     """POST a body; None when the connection was cut (so the caller resumes), errors as ClickException."""
     import requests
 
     try:
-        return client.session.post(
+        return (session or client.session).post(
             client.url(path), data=body, headers={"Content-Type": content_type}, timeout=(30, 600)
         )
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
