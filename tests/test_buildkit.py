@@ -143,6 +143,21 @@ def test_a_cancel_stops_the_step_in_the_engine(brack, tmp_path):
     assert running(marker) == []
 
 
+def test_a_second_build_takes_every_stages_steps_from_the_engines_cache(brack, tmp_path):
+    # ROUND, declared last, changes the build's inputs but none of its steps: the second build is real.
+    base = f"RUN echo base {random.random()} > /base"
+    dockerfile = f"FROM busybox AS base\n{base}\nFROM busybox\nCOPY --from=base /base /base\nARG ROUND\n"
+    folder = write_app(
+        tmp_path, {"convox.yml": "services:\n  web:\n    build: .\n", "Dockerfile": dockerfile}
+    )
+    first = build(brack, app_of(brack), folder, build_args=["ROUND=1"])
+    assert first["status"] == "complete", first["reason"]
+    second = build(brack, app_of(brack), folder, build_args=["ROUND=2"])
+    assert second["status"] == "complete", second["reason"]
+    # The app's last image is the second build's cache source, yet the stage it does not hold is cached too.
+    assert any(base in step for step in cached_steps(build_log(brack, second))), build_log(brack, second)
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [

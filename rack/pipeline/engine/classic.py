@@ -165,7 +165,7 @@ class Engine:
         return image_id or self.image_id(tag)
 
     def _cache_sources(self, images: Sequence[str], *, check: Check) -> Generator[str, None, list[str]]:
-        """Have each cache image in the engine (pulled if missing); return those it has."""
+        """Have each cache image in the engine (pulled if missing); return those to name as `cache_from`."""
         found = []
         for image in images:
             if not self.has_image(image):
@@ -176,8 +176,22 @@ class Engine:
                     yield f"Cache: {image} is not available ({exc.message}); building without it\n"
                     continue
                 yield f"Cache: pulled {image}\n"
-            found.append(image)
+            if self._matched_by_history(image):
+                found.append(image)
         return found
+
+    def _matched_by_history(self, image: str) -> bool:
+        """Tell whether the engine's image is one the classic builder reuses only when named in `cache_from`.
+
+        Named there, it confines the cache to its own chain of steps: every other step the engine holds (the
+        other stages', those of a BuildKit build) is ignored. So an image the engine built itself (it has a
+        parent chain, which the local cache follows anyway) and one made by BuildKit (whose history the
+        classic builder never matches) are left out; a pulled classic image is matched by its history.
+        """
+        with engine_errors(f"inspecting {image}"):
+            if self.api.inspect_image(image).get("Parent"):
+                return False
+            return not any("buildkit" in (entry.get("Comment") or "") for entry in self.api.history(image))
 
     def _start_build(self, **kw):
         return self.api.build(
