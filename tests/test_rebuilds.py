@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cli import sources as cli_sources
 from rack import apps, releases
 from rack.builds import record as builds
 from rack.pipeline import run as pipeline
 from rack.sources import contents
-from tests.helpers import build, build_log, run_image, write_app
+from tests.helpers import build, build_log, run_image, send_tree, write_app
 
 pytestmark = pytest.mark.docker
 
@@ -36,16 +35,11 @@ def folder(tmp_path) -> Path:
 
 def send_and_build(rack, folder: Path, **options) -> tuple[dict, int]:
     """Send the folder as `convox build` does (only missing contents) and build it: the row, how many sent."""
-    scanned = cli_sources.scan(folder)
-    missing = contents.missing(rack, "myapp", list(scanned.sizes))
-    if missing:
-        body = b"".join(cli_sources.Batch(scanned, missing, lambda n: None))
-        contents.receive(rack, "myapp", io.BytesIO(body))
-    url = contents.create_tree(rack, "myapp", scanned.body())["Url"]
+    url, sent = send_tree(rack, "myapp", folder)
     row = builds.create(rack, "myapp", url=url, **options)
     done = pipeline.run_build(rack, row["id"], process="tests:1")
     assert done is not None and done["status"] == "complete", done and done["reason"]
-    return done, len(missing)
+    return done, sent
 
 
 def reused(rack, row: dict) -> str | None:

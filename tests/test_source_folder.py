@@ -4,20 +4,18 @@ when an update was cut short, and a context BuildKit sends only the changes of."
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 from pathlib import Path
 
 import pytest
 
-from cli import sources as cli_sources
 from rack import apps
 from rack.builds import record as builds
 from rack.errors import BuildUserError
 from rack.pipeline import run as pipeline
 from rack.sources import contents, worktree
-from tests.helpers import build_log, run_image, write_app
+from tests.helpers import build_log, run_image, send_tree, write_app
 
 MANIFEST = "services:\n  web:\n    build: .\n"
 
@@ -37,12 +35,7 @@ def own_dir(rack, tmp_path, monkeypatch):
 
 
 def send(rack, folder: Path, app: str = "myapp") -> str:
-    """Send the folder's missing contents as `convox build` does; return the tree's URL."""
-    scanned = cli_sources.scan(folder)
-    missing = contents.missing(rack, app, list(scanned.sizes))
-    if missing:
-        contents.receive(rack, app, io.BytesIO(b"".join(cli_sources.Batch(scanned, missing, lambda n: None))))
-    return contents.create_tree(rack, app, scanned.body())["Url"]
+    return send_tree(rack, app, folder)[0]
 
 
 def files_of(root: Path) -> dict[str, bytes]:

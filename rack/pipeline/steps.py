@@ -22,7 +22,7 @@ from rack.context import Rack
 from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
-from rack.pipeline import dockerfile, folders, inputs, manifest, parallel
+from rack.pipeline import dockerfile, folders, inputs, manifest, parallel, push
 from rack.pipeline.engine import buildkit
 from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
@@ -223,9 +223,13 @@ class BuildRun:
     inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
     phases: Phases = field(init=False)
     held: ExitStack = field(default_factory=ExitStack)  # the app's folder, while held
+    scratch: Path = field(init=False)  # the build's own folder, wherever the source ends up
+    began: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.phases = Phases(self.rack, self.row["id"], process=self.watch.process)
+        self.scratch = self.src.parent
+        self.began = time.time()
 
     @property
     def options(self) -> dict:
@@ -272,7 +276,15 @@ class BuildRun:
                 self.entrypoint = self.engine.entrypoint(tag)
             self.out.line(f"Running: docker push {tag}")
             with self.phases.timing("push"):
-                digest = drain(self.engine.push(tag, check=self.check), self.out.write)
+                digest = push.push(
+                    self.engine,
+                    tag,
+                    previous=None if service.image else (self.previous.get(service.name) or {}).get("image"),
+                    since=self.began - 2,  # history times are whole seconds
+                    scratch=self.scratch,
+                    check=self.check,
+                    write=self.out.write,
+                )
             self.images[service.name] = {"image": tag, "digest": digest}
         self.check()  # a cancel that came during the last push still wins
 
