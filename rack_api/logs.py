@@ -13,6 +13,7 @@ whole frames received always gives.
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import select
 import socket
@@ -30,17 +31,18 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.frame_protocol import CloseReason
+from wsproto.frame_protocol import CloseReason, FrameProtocol
 from wsproto.utilities import LocalProtocolError
 
 from rack.errors import AtCapacity, Invalid, RackError
-from rack.logs import reader
+from rack.logs import reader, tail
 from rack_api.params import param, rack
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("logs", __name__)
 FRAME = 64 * 1024
+_DECODER = functools.partial(codecs.getincrementaldecoder("utf-8"), "replace")
 PING_INTERVAL = 30  # seconds: a websocket client that stops answering pings is dropped
 # A follower looks for a client gone every BLOCK_MS; the process's one reader of a build's stream looks at
 # the build row every POLL_MS (an end its worker could not write).
@@ -206,7 +208,7 @@ def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Resp
     """Upgrade, send the log as text frames, then an empty binary frame (Convox's end of stream)."""
     ws = _upgrade()
     client.ws = ws
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # keeps a character split across chunks whole
+    decoder = _DECODER()  # keeps a character split across chunks whole
     try:
         try:
             for chunk in stream:
@@ -214,9 +216,7 @@ def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Resp
                     if notices:
                         ws.send(str(chunk))
                     continue
-                for start in range(0, len(chunk), FRAME):
-                    if text := decoder.decode(chunk[start : start + FRAME]):
-                        ws.send(text)
+                _send_frames(ws, _frames(decoder, chunk))
             if text := decoder.decode(b"", final=True):
                 ws.send(text)
         except RackError as exc:
@@ -233,6 +233,41 @@ def _websocket(stream: reader.LogStream, client: _Client, notices: bool) -> Resp
     finally:
         stream.close()
     return _Upgraded(ws.mode)
+
+
+_FRAMER = FrameProtocol(client=False, extensions=[])  # a server's frames: unmasked, no compression
+
+
+def _frames(decoder: codecs.IncrementalDecoder, chunk: bytes) -> bytes:
+    """Return the text frames that send `chunk` after what `decoder` has decoded, and advance it.
+
+    A piece shared by a build's followers is framed once per decoder state (for all but those that split a
+    character across pieces, the same state): the others take those same bytes.
+    """
+    if not isinstance(chunk, tail.Piece):
+        return _encode(decoder, chunk)
+    state = decoder.getstate()
+    made = chunk.memo.get(("websocket", state))
+    if made is None:
+        own = _DECODER()
+        own.setstate(state)
+        made = chunk.memo[("websocket", state)] = (_encode(own, chunk), own.getstate())
+    decoder.setstate(made[1])
+    return made[0]
+
+
+def _encode(decoder: codecs.IncrementalDecoder, data: bytes) -> bytes:
+    view = memoryview(data)
+    texts = (decoder.decode(view[start : start + FRAME]) for start in range(0, len(data), FRAME))
+    return b"".join(_FRAMER.send_data(text, fin=True) for text in texts if text)
+
+
+def _send_frames(ws: _SendOnly, frames: bytes) -> None:
+    """Send frames made beforehand, as `ws.send` would send each (the connection's own state unchanged)."""
+    if not ws.connected:
+        raise ConnectionClosed(ws.close_reason, ws.close_message)
+    if frames:
+        ws.sock.send(frames)
 
 
 class _SendOnly(Server):

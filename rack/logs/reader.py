@@ -121,14 +121,14 @@ def _read(
         while True:
             if stop is not None and stop():
                 return
-            entries, final = shared.wait(index, block_ms / 1000)
-            if entries:
-                index += len(entries)
-                if data := cursor.take(b"".join(entry.data for entry in entries)):
+            pieces, final = shared.wait(index, block_ms / 1000)
+            for piece in pieces:
+                index += 1
+                if data := cursor.take(piece):  # the shared piece itself once past the offset
                     yield data
-                if entries[-1].end_status is not None:
+                if piece.ended:
                     return
-            elif final is not None:
+            if not pieces and final is not None:
                 # Ended without an end entry yet: serve the rest of what is stored, whichever holds it.
                 yield from _final(rack, final, cursor, start=cursor.pos)
                 return

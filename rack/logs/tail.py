@@ -2,9 +2,11 @@
 
 Hundreds of followers of one build would otherwise each ask Redis for the same entries (and Postgres for
 the build's status) and parse them: the cost of following would grow with followers times lines. A `Tail`
-reads the stream once, keeps the entries read so far (a build's log is capped, so they are bounded), looks
-at the build row every `poll_s` for an end that left no end entry (a worker died), and wakes its followers
-when anything changes. Threading primitives only: under gevent (the API) they are greenlets.
+reads the stream once, keeps what each read brought as one `Piece` (a build's log is capped, so they are
+bounded), looks at the build row every `poll_s` for an end that left no end entry (a worker died), and
+wakes its followers when anything changes. Every follower that reads a piece whole gets the same object,
+so what a route makes of it to send (a websocket frame) is made once for all of them (`Piece.memo`).
+Threading primitives only: under gevent (the API) they are greenlets.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ BATCH = 256
 COALESCE_S = 0.02
 
 
+class Piece(bytes):
+    """The log bytes of one read of the stream (up to BATCH entries), shared by every follower of the build.
+
+    `ended`: the read reached the end entry. `memo` holds what followers make of these bytes to send them
+    (keyed by their maker), so hundreds of followers encode a piece once.
+    """
+
+    ended: bool
+    memo: dict
+
+    @classmethod
+    def of(cls, entries: list[Entry]) -> Piece:
+        piece = cls(b"".join(entry.data for entry in entries))
+        piece.ended = bool(entries) and entries[-1].end_status is not None
+        piece.memo = {}
+        return piece
+
+
 class Tail:
     """The entries of one build's stream, read once for many followers; `final` once the build ended."""
 
@@ -27,7 +47,7 @@ class Tail:
         self, log: BuildLog, *, block_ms: int, poll: Callable[[], dict | None], poll_s: float
     ) -> None:
         self.log, self.block_ms, self.poll, self.poll_s = log, block_ms, poll, poll_s
-        self.entries: list[Entry] = []
+        self.pieces: list[Piece] = []
         self.ended = False  # the end entry was read
         self.final: dict | None = None  # the build row, once it is final with no end entry read
         self.error: Exception | None = None
@@ -49,9 +69,9 @@ class Tail:
                     final = self.poll()
                 with self._cond:
                     if new:
-                        self.entries.extend(new)
+                        self.pieces.append(Piece.of(new))
                         after = new[-1].id
-                        self.ended = new[-1].end_status is not None
+                        self.ended = self.pieces[-1].ended
                     self.final = final
                     self._cond.notify_all()
                 if new and not self.ended:
@@ -62,16 +82,16 @@ class Tail:
                 self._cond.notify_all()
             _forget(self)
 
-    def wait(self, index: int, timeout: float) -> tuple[list[Entry], dict | None]:
-        """Return the entries from `index` on (waiting up to `timeout` s for one) and the final row if any."""
+    def wait(self, index: int, timeout: float) -> tuple[list[Piece], dict | None]:
+        """Return the pieces from `index` on (waiting up to `timeout` s for one) and the final row if any."""
         with self._cond:
             self._cond.wait_for(
-                lambda: len(self.entries) > index or self.ended or self.final or self.error, timeout
+                lambda: len(self.pieces) > index or self.ended or self.final or self.error, timeout
             )
-            entries = self.entries[index : index + BATCH]
-            if not entries and self.error is not None:
+            pieces = self.pieces[index:]
+            if not pieces and self.error is not None:
                 raise self.error
-            return entries, (self.final if not entries else None)
+            return pieces, (self.final if not pieces else None)
 
 
 _tails: dict[str, Tail] = {}
