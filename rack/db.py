@@ -57,8 +57,12 @@ class Database:
                 raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
             broken = False
             try:
-                with conn:
+                try:
                     yield conn
+                except BaseException:
+                    _end(conn, "ROLLBACK")
+                    raise
+                _end(conn, "COMMIT")
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 broken = True
                 raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
@@ -68,13 +72,20 @@ class Database:
             self._free.release()
 
     def _live_connection(self, pool):
-        """Take a pooled connection that still answers; drop those a database restart broke."""
+        """Take a pooled connection that answers, in a new transaction; drop those a database restart broke.
+
+        The transaction is begun and ended by statements of our own (the connection in autocommit mode),
+        so `BEGIN` both opens it and proves the connection alive: one round trip, where psycopg2's own
+        transactions would take three more (a `SELECT 1` to check, its `ROLLBACK`, then `BEGIN`). A
+        request waits for each round trip in turn, behind every greenlet the hub runs meanwhile.
+        """
         for _ in range(self.maxconn + 1):
             conn = pool.getconn()
             try:
+                if not conn.autocommit:
+                    conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                conn.rollback()
+                    cur.execute("BEGIN")
                 return conn
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 pool.putconn(conn, close=True)
@@ -85,6 +96,14 @@ class Database:
             if self._pool is not None:
                 self._pool.closeall()
                 self._pool = None
+
+
+def _end(conn, statement: str) -> None:
+    """End the connection's transaction with COMMIT or ROLLBACK (a closed connection has none to end)."""
+    if statement == "ROLLBACK" and conn.closed:
+        return
+    with conn.cursor() as cur:
+        cur.execute(statement)
 
 
 def _first_line(exc: BaseException) -> str:
