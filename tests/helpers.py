@@ -473,6 +473,12 @@ def send_tree(rack: Rack, app: str, folder: Path) -> tuple[str, int]:
     return contents.create_tree(rack, app, scanned.body())["Url"], len(missing)
 
 
+def lose_content(rack: Rack, app: str, sha256: str) -> None:
+    """Make a stored content gone (as a sweep does), whichever pack holds its bytes."""
+    with rack.db.transaction() as conn:
+        conn.cursor().execute("DELETE FROM source_contents WHERE app = %s AND sha256 = %s", (app, sha256))
+
+
 def build(rack: Rack, app: str, folder: Path, *, dockerignore: bool = True, **options) -> dict:
     """Upload a folder, create a build of it and run it here; return the final row."""
     url = upload(rack, app, folder, dockerignore=dockerignore)

@@ -11,7 +11,7 @@ from rack import apps, releases
 from rack.builds import record as builds
 from rack.pipeline import run as pipeline
 from rack.sources import contents
-from tests.helpers import build, build_log, run_image, send_tree, write_app
+from tests.helpers import build, build_log, lose_content, run_image, send_tree, write_app
 
 pytestmark = pytest.mark.docker
 
@@ -67,7 +67,7 @@ def test_an_unchanged_tree_uploads_nothing_and_reuses_the_images(rrack, folder, 
         client.close()
     # a reuse reads only the manifest and the Dockerfile: a data file's content is never fetched
     (data,) = [e for e in contents.load_tree(rrack, again["source_url"]) if e.path == "lib/x.txt"]
-    rrack.store.delete(contents.key("myapp", data.sha256))
+    lose_content(rrack, "myapp", data.sha256)
     row = builds.create(rrack, "myapp", url=again["source_url"], build_args=["GREETING=hi"])
     third = pipeline.run_build(rrack, row["id"], process="tests:1")
     assert third is not None and third["status"] == "complete" and reused(rrack, third) == again["id"]

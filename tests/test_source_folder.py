@@ -15,7 +15,7 @@ from rack.builds import record as builds
 from rack.errors import BuildUserError
 from rack.pipeline import run as pipeline
 from rack.sources import contents, worktree
-from tests.helpers import build_log, run_image, send_tree, write_app
+from tests.helpers import build_log, lose_content, run_image, send_tree, write_app
 
 MANIFEST = "services:\n  web:\n    build: .\n"
 
@@ -91,7 +91,7 @@ def test_an_update_cut_short_leaves_no_state_and_the_next_starts_from_empty(own_
     (folder / "data/f01.bin").write_text("needed, then lost\n")
     url = send(rack, folder)
     (lost,) = [e for e in contents.load_tree(rack, url) if e.path == "data/f01.bin"]
-    rack.store.delete(contents.key("myapp", lost.sha256))
+    lose_content(rack, "myapp", lost.sha256)
     with pytest.raises(BuildUserError, match="is gone from the rack"):
         with worktree.checkout(rack, url):
             pass

@@ -61,6 +61,10 @@ def stored(rack) -> set[str]:
         return {r["sha256"] for r in fetchall(conn, "SELECT sha256 FROM source_contents WHERE app = 'myapp'")}
 
 
+def packs(rack) -> list[str]:
+    return rack.store.list_keys("myapp/.sources/packs", limit=100)
+
+
 def shas(rack, url: str) -> set[str]:
     return {e.sha256 for e in contents.load_tree(rack, url) if e.kind == "file"}
 
@@ -70,6 +74,7 @@ def test_unchanged_tree_uploads_no_content_and_a_changed_file_only_itself(rack, 
     assert (first.files, first.total_files) == (33, 33)  # 30 data files, manifest, Dockerfile, .dockerignore
     assert first.size == first.total_size > 600_000
     assert first.url.startswith("manifest://myapp/")
+    assert len(packs(rack)) == 1  # one batch, one object in the store: not one per file
     again = send(client, project)
     assert (again.files, again.size, again.url) == (0, 0, first.url)
     assert again.summary() == f"sent 0 of 33 files, 0 B of {cli_sources.human(first.total_size)}"
@@ -144,7 +149,7 @@ def test_a_content_that_does_not_match_its_name_is_not_kept(rack, project, clien
     )
     assert resp.status_code == 400 and "does not match its sha256" in resp.json()["error"]
     assert contents.missing(rack, "myapp", [fake]) == [fake]
-    assert not rack.store.exists(contents.key("myapp", fake))
+    assert not rack.store.exists(contents.key("myapp", fake)) and packs(rack) == []
 
 
 def refusal_of_tarball(member: tarfile.TarInfo, tmp_path: Path) -> str:
@@ -240,14 +245,31 @@ def test_contents_are_shared_between_builds_and_swept_when_no_recent_build_needs
     assert removed == {"contents": 1, "trees": 1}  # the first tree and its one unshared content
     assert stored(rack) == shas(rack, second.url)
     (gone,) = only_first
-    assert not rack.store.exists(contents.key("myapp", gone))
-    assert all(rack.store.exists(contents.key("myapp", sha)) for sha in stored(rack))
+    with pytest.raises(FileNotFoundError):
+        contents.open_content(rack, "myapp", gone)
+    for sha in stored(rack):
+        with contents.open_content(rack, "myapp", sha) as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == sha
+    assert len(packs(rack)) == 2  # the first one still holds contents the second tree needs
     kept = len(stored(rack))
     age(new["id"], 8)
     assert sweep.sweep(rack, retention=int(week.total_seconds())) == {"contents": kept, "trees": 1}
-    assert stored(rack) == set()
+    assert stored(rack) == set() and packs(rack) == []  # each pack went with its last content
     again = send(client, project)  # a later build uploads what was swept
     assert again.files == again.total_files == 33
+
+
+def test_contents_stored_alone_before_packs_are_still_read(rack, project):
+    data = b"stored under its own sha256"
+    sha = hashlib.sha256(data).hexdigest()
+    rack.store.put_stream(contents.key("myapp", sha), io.BytesIO(data))
+    with rack.db.transaction() as conn:
+        execute(
+            conn, "INSERT INTO source_contents (app, sha256, size) VALUES ('myapp', %s, %s)", (sha, len(data))
+        )
+    assert contents.missing(rack, "myapp", [sha]) == []
+    with contents.open_content(rack, "myapp", sha) as fh:
+        assert fh.read() == data
 
 
 def test_objects_api_cannot_touch_stored_contents(rack, client, project):

@@ -51,6 +51,18 @@ def test_put_open_exists_size_delete(store):
     store.delete("app/tmp/a.tgz")  # deleting a missing object is fine
 
 
+def test_a_range_of_an_object_reads_those_bytes_only(store):
+    store.put_stream("app/pack", io.BytesIO(b"0123456789"))
+    with store.open("app/pack", start=3, length=4) as fh:
+        assert fh.read() == b"3456" and fh.read() == b""
+    with store.open("app/pack", start=7) as fh:
+        assert fh.read() == b"789"
+    with store.open("app/pack", start=2, length=0) as fh:
+        assert fh.read() == b""
+    with pytest.raises(FileNotFoundError):
+        store.open("app/nope", start=1, length=2)
+
+
 def test_missing_object_is_file_not_found(store):
     with pytest.raises(FileNotFoundError):
         store.open("app/nope")

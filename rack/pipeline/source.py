@@ -331,7 +331,7 @@ class _Extraction:
         if data is None:  # a regular file member always has data; anything else was refused above
             raise _bad(member.name, "has no content")
         with data, os.fdopen(os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
-            self.copy(data, out)
+            self.copy(data, out, member.size)
             # tarfile's data filter rule: no setuid/setgid/sticky, no group/other write, owner rw
             mode = (member.mode & 0o755) | 0o600
             os.fchmod(out.fileno(), mode if mode & 0o100 else mode & ~0o111)
@@ -342,8 +342,8 @@ class _Extraction:
                 else:
                     os.utime(out.fileno(), (member.mtime, member.mtime))
 
-    def copy(self, data: IO[bytes], out: IO[bytes]) -> None:
-        """Copy a member's bytes within the size limit: in the kernel when they come from a file."""
+    def copy(self, data: IO[bytes], out: IO[bytes], size: int) -> None:
+        """Copy a member's `size` bytes within the size limit: in the kernel when they come from a file."""
         try:
             source = data.fileno()  # a stored content (a tree's file); an archive member has none
         except (AttributeError, OSError, ValueError):
@@ -355,9 +355,13 @@ class _Extraction:
                     raise _refuse(self.too_big)
                 out.write(chunk)
             return
-        while sent := os.sendfile(
-            out.fileno(), source, None, min(_CHUNK * 64, self.max_bytes - self.total + 1)
+        left = size  # a content may sit amid others (a pack): copy its own bytes only
+        while left and (
+            sent := os.sendfile(
+                out.fileno(), source, None, min(_CHUNK * 64, left, self.max_bytes - self.total + 1)
+            )
         ):
+            left -= sent
             self.total += sent
             if self.total > self.max_bytes:
                 raise _refuse(self.too_big)

@@ -49,10 +49,15 @@ def assemble(
 def content_opener(rack: Rack, app: str, by_path: dict[str, str]) -> Callable[[tarfile.TarInfo], BinaryIO]:
     """Open a tree member's stored content (`by_path`: the tree's paths and their sha256) for extraction."""
 
+    try:
+        open_content = contents.opener(rack, app, list(by_path.values()))
+    except RackError as exc:
+        raise BuildPlatformError(Reason.STORAGE, f"looking up the source's contents: {exc.message}") from exc
+
     def open_member(member: tarfile.TarInfo) -> BinaryIO:
         sha = by_path[member.name]
         try:
-            return contents.open_content(rack, app, sha)
+            return open_content(sha)
         except FileNotFoundError:
             raise BuildUserError(
                 Reason.SOURCE,

@@ -1,15 +1,19 @@
 """An app's file contents in the object store under their sha256: which are missing, and receiving them.
 
-Contents arrive in batches, each an uncompressed tar whose members are named by their sha256. Every member
-is checked against its name as it streams into the store and recorded once stored, so an upload cut short
-keeps the contents it delivered whole: the client asks again what is missing and sends only the rest.
+Contents arrive in batches, each an uncompressed tar whose members are named by their sha256, and a batch
+is stored as one object (a pack: its contents one after another), so a batch costs the store one write,
+not one per file. Every member is checked against its name as it streams into the store and recorded with
+its place in the pack, so an upload cut short keeps the contents it delivered whole: the client asks again
+what is missing and sends only the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import tarfile
+from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from rack import apps, metrics, objects
@@ -75,41 +79,94 @@ def _fields(item: dict) -> dict:
     return {("kind" if k == "type" else k): v for k, v in item.items()}
 
 
-def receive(rack: Rack, app: str, body: BinaryIO) -> dict:
-    """Store every content of a tar batch; return `{"stored": N, "bytes": N}`.
+def pack_key(app: str, pack: str) -> str:
+    """Where a batch of contents lives in the store, as received (its contents one after another)."""
+    return f"{app}/{objects.RESERVED}/packs/{pack}"
 
-    A batch cut short keeps (and records) the members before the cut, then raises Invalid.
+
+def receive(rack: Rack, app: str, body: BinaryIO) -> dict:
+    """Store every content of a tar batch as one object (a pack); return `{"stored": N, "bytes": N}`.
+
+    A batch cut short (or holding a content that is not what its name says) keeps, and records, the
+    contents before the fault, then raises Invalid.
     """
     apps.get(rack, app)
-    stored: list[tuple[str, int]] = []
-    try:
-        with tarfile.open(fileobj=body, mode="r|") as batch:
-            for member in iter(batch.next, None):
-                batch.members.clear()  # type: ignore[attr-defined]  # a stream keeps every header otherwise
-                stored.append(_store(rack, app, batch, member))
-    except (tarfile.TarError, EOFError) as exc:
-        raise Invalid(
-            f"the contents upload was cut short after {len(stored)} contents ({exc}): send the rest"
-        ) from None
-    finally:
-        if stored:
-            with rack.db.transaction() as conn:
-                sql.add_contents(conn, app=app, contents=stored)
-            metrics.add_upload_bytes(rack, sum(size for _, size in stored))
-    return {"stored": len(stored), "bytes": sum(size for _, size in stored)}
+    pack = _Pack(body, limit=rack.settings.extract_max_bytes)
+    name = secrets.token_hex(16)
+    rack.store.put_stream(pack_key(app, name), cast(BinaryIO, pack))
+    if pack.stored:
+        with rack.db.transaction() as conn:
+            sql.add_contents(conn, app=app, pack=name, contents=pack.stored)
+        metrics.add_upload_bytes(rack, sum(size for _, size, _ in pack.stored))
+    else:
+        rack.store.delete(pack_key(app, name))
+    if pack.error is not None:
+        raise pack.error
+    return {"stored": len(pack.stored), "bytes": sum(size for _, size, _ in pack.stored)}
 
 
-def _store(rack: Rack, app: str, batch: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[str, int]:
-    sha = member.name
-    if not tree.SHA256.fullmatch(sha) or not member.isfile():
-        raise Invalid(f"a contents batch holds only files named by their sha256, not {member.name[:80]!r}")
-    limit = rack.settings.extract_max_bytes
-    if member.size > limit:
-        raise Invalid(f"content {sha} is {member.size} bytes, more than the limit of {limit}")
-    data = batch.extractfile(member)
-    assert data is not None  # a regular file member has data
-    rack.store.put_stream(key(app, sha), cast(BinaryIO, _Checked(cast(BinaryIO, data), sha, member.size)))
-    return sha, member.size
+class _Pack:
+    """A tar batch read as its contents one after another, each checked against its name as it passes.
+
+    At the first fault (a cut, a bad member, a content that does not match) the stream ends there: what
+    was stored before it stays whole and recorded in `stored` (sha256, size, offset), the fault in `error`.
+    """
+
+    def __init__(self, body: BinaryIO, *, limit: int) -> None:
+        self.limit = limit
+        self.stored: list[tuple[str, int, int]] = []
+        self.error: Invalid | None = None
+        self.offset = 0
+        self._current: tuple[_Checked, str, int, int] | None = None
+        self._tar: tarfile.TarFile | None = None
+        try:
+            self._tar = tarfile.open(fileobj=body, mode="r|")
+        except (tarfile.TarError, EOFError) as exc:
+            self._fault(exc)
+
+    def read(self, size: int = CHUNK) -> bytes:
+        while self.error is None:
+            try:
+                if self._current is None and not self._next():
+                    return b""
+                assert self._current is not None
+                checked, sha, length, start = self._current
+                chunk = checked.read(size)
+            except (tarfile.TarError, EOFError, Invalid) as exc:
+                self._fault(exc)
+                break
+            if chunk:
+                self.offset += len(chunk)
+                return chunk
+            self.stored.append((sha, length, start))  # read to its end: whole and checked
+            self._current = None
+        return b""
+
+    def _next(self) -> bool:
+        assert self._tar is not None
+        member = self._tar.next()
+        self._tar.members.clear()  # type: ignore[attr-defined]  # a stream keeps every header otherwise
+        if member is None:
+            return False
+        sha = member.name
+        if not tree.SHA256.fullmatch(sha) or not member.isfile():
+            raise Invalid(
+                f"a contents batch holds only files named by their sha256, not {member.name[:80]!r}"
+            )
+        if member.size > self.limit:
+            raise Invalid(f"content {sha} is {member.size} bytes, more than the limit of {self.limit}")
+        data = self._tar.extractfile(member)
+        assert data is not None  # a regular file member has data
+        self._current = (_Checked(cast(BinaryIO, data), sha, member.size), sha, member.size, self.offset)
+        return True
+
+    def _fault(self, exc: BaseException) -> None:
+        if isinstance(exc, Invalid):
+            self.error = exc
+        else:
+            self.error = Invalid(
+                f"the contents upload was cut short after {len(self.stored)} contents ({exc}): send the rest"
+            )
 
 
 class _Checked:
@@ -132,9 +189,26 @@ class _Checked:
         return chunk
 
 
+def opener(rack: Rack, app: str, shas: list[str]) -> Callable[[str], BinaryIO]:
+    """Look up where these contents are (one query); return a function opening one by its sha256,
+    raising FileNotFoundError for a content the app does not have."""
+    with rack.db.transaction() as conn:
+        found = sql.locations(conn, app=app, shas=list(dict.fromkeys(shas)))
+
+    def open_one(sha256: str) -> BinaryIO:
+        if sha256 not in found:
+            raise FileNotFoundError(f"no stored content {sha256} in {app}")
+        pack, at, size = found[sha256]
+        if not pack:  # stored alone, under its sha256
+            return rack.store.open(key(app, sha256))
+        return rack.store.open(pack_key(app, pack), start=at, length=size)
+
+    return open_one
+
+
 def open_content(rack: Rack, app: str, sha256: str) -> BinaryIO:
     """Open a stored content; FileNotFoundError when it is gone."""
-    return rack.store.open(key(app, sha256))
+    return opener(rack, app, [sha256])(sha256)
 
 
 def tree_json(entries: list[tree.Entry]) -> bytes:

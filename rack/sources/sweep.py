@@ -2,8 +2,9 @@
 
 Kept: contents uploaded, asked about or named by a tree within `RACK_SOURCE_RETENTION`, and every content
 of a tree that a build started within the retention (or not yet ended) was made from. The rest goes: its
-row first, then its object (an object left behind by a failure is re-uploaded or swept by the next app
-delete, never served as present).
+row first, then its object, or its pack once no content of the pack is left (a pack never gains contents
+after its upload; an object left behind by a failure is swept by the next app delete, never served as
+present).
 """
 
 from __future__ import annotations
@@ -30,12 +31,25 @@ def sweep(rack: Rack, *, retention: int | None = None, now: datetime | None = No
     with rack.db.transaction() as conn:
         gone = sql.sweep_contents(conn, cutoff=cutoff)
         trees = sql.sweep_trees(conn, cutoff=cutoff)
+    packs: dict[str, set[str]] = {}
     for row in gone:
-        try:
-            rack.store.delete(contents.key(row["app"], row["sha256"]))
-        except RackError as exc:
-            log.warning("sweep: content %s of %s stays in the store: %s", row["sha256"], row["app"], exc)
+        if row["pack"]:
+            packs.setdefault(row["app"], set()).add(row["pack"])
+            continue
+        _delete(rack, contents.key(row["app"], row["sha256"]))
+    for app, names in packs.items():  # a pack goes with the last of its contents
+        with rack.db.transaction() as conn:
+            used = sql.packs_in_use(conn, app=app, packs=sorted(names))
+        for name in sorted(names - used):
+            _delete(rack, contents.pack_key(app, name))
     return {"contents": len(gone), "trees": trees}
+
+
+def _delete(rack: Rack, key: str) -> None:
+    try:
+        rack.store.delete(key)
+    except RackError as exc:
+        log.warning("sweep: %s stays in the store: %s", key, exc)
 
 
 def sweep_if_due(rack: Rack) -> dict[str, int] | None:

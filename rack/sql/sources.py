@@ -17,15 +17,35 @@ def touch_present(conn, *, app: str, shas: list[str]) -> set[str]:
     return {row["sha256"] for row in rows}
 
 
-def add_contents(conn, *, app: str, contents: list[tuple[str, int]]) -> None:
-    """Record stored contents (sha256, size), or mark them used if already recorded."""
+def add_contents(conn, *, app: str, pack: str, contents: list[tuple[str, int, int]]) -> None:
+    """Record contents stored in a pack (sha256, size, offset), or mark them used if already recorded
+    (where they were first stored)."""
     with conn.cursor() as cur:
         execute_values(
             cur,
-            "INSERT INTO source_contents (app, sha256, size) VALUES %s"
+            "INSERT INTO source_contents (app, sha256, size, pack, at) VALUES %s"
             " ON CONFLICT (app, sha256) DO UPDATE SET used = now()",
-            [(app, sha, size) for sha, size in contents],
+            [(app, sha, size, pack, at) for sha, size, at in contents],
         )
+
+
+def locations(conn, *, app: str, shas: list[str]) -> dict[str, tuple[str, int, int]]:
+    """Where each stored content's bytes are: its pack ('' when stored alone), offset and size."""
+    rows = fetchall(
+        conn,
+        "SELECT sha256, pack, at, size FROM source_contents WHERE app = %s AND sha256 = ANY(%s)",
+        (app, shas),
+    )
+    return {row["sha256"]: (row["pack"], row["at"], row["size"]) for row in rows}
+
+
+def packs_in_use(conn, *, app: str, packs: list[str]) -> set[str]:
+    rows = fetchall(
+        conn,
+        "SELECT DISTINCT pack FROM source_contents WHERE app = %s AND pack = ANY(%s)",
+        (app, packs),
+    )
+    return {row["pack"] for row in rows}
 
 
 def put_tree(conn, *, app: str, digest: str, entries: list[dict], files: int, size: int) -> None:
@@ -61,7 +81,7 @@ def sweep_contents(conn, *, cutoff) -> list[dict]:
         "  FROM live CROSS JOIN LATERAL jsonb_array_elements(live.entries) e)"
         " DELETE FROM source_contents c WHERE c.used < %(cutoff)s AND NOT EXISTS ("
         "  SELECT 1 FROM needed WHERE needed.app = c.app AND needed.sha256 = c.sha256)"
-        " RETURNING c.app, c.sha256",
+        " RETURNING c.app, c.sha256, c.pack",
         {"cutoff": cutoff},
     )
 

@@ -28,8 +28,9 @@ class Store(Protocol):
         `stream` itself propagates unchanged.
         """
 
-    def open(self, key: str) -> BinaryIO:
-        """Open a stored object for reading; FileNotFoundError when there is none."""
+    def open(self, key: str, *, start: int = 0, length: int | None = None) -> BinaryIO:
+        """Open a stored object (or its `length` bytes from `start`) for reading; FileNotFoundError when
+        there is none."""
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under `key`."""

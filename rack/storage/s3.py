@@ -161,11 +161,17 @@ class S3Store:
             raise
         return body.written
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, *, start: int = 0, length: int | None = None) -> BinaryIO:
         if self._size_problem(key):
             raise _missing(key)
+        if length == 0:
+            self.size(key)  # FileNotFoundError when there is none
+            return io.BytesIO(b"")
+        ranged = {}
+        if start or length is not None:
+            ranged["Range"] = f"bytes={start}-{'' if length is None else start + length - 1}"
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _MISSING:
                 raise _missing(key) from None
