@@ -1,10 +1,10 @@
-"""Build a build's services side by side: a few at a time, each one's log lines prefixed by its name."""
+"""Build and push a build's services side by side: a few at a time, each one's log lines prefixed by name."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 
 class Prefixed:
@@ -44,3 +44,26 @@ def side_by_side(jobs: Sequence[Callable[[], None]], *, limit: int, stop: Callab
         wait(futures)
     if failed is not None:
         raise failed.exception()  # type: ignore[misc]
+
+
+class Background:
+    """Run jobs as they are handed over, `limit` at a time on threads (or at once, in turn, for 1)."""
+
+    def __init__(self, limit: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="push") if limit > 1 else None
+        self._futures: list[Future] = []
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._pool is None:
+            job()
+        else:
+            self._futures.append(self._pool.submit(job))
+
+    def wait(self, *, raising: bool = True) -> None:
+        """Wait for every job handed over; raise the first one's failure (unless not `raising`)."""
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True)
+        failed = next((f.exception() for f in self._futures if f.exception() is not None), None)
+        if failed is not None and raising:
+            raise failed

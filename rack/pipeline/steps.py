@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -172,6 +172,13 @@ class Phases:
         assert name in PHASES, name
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
 
+    def set(self, name: str, seconds: float) -> None:
+        """Record a phase timed as a whole (not as the sum of its runs), and save it."""
+        assert name in PHASES, name
+        if seconds:
+            self._seconds[name] = seconds
+            self.save()
+
     def as_dict(self) -> dict[str, float]:
         """The phases so far, in seconds to the millisecond, in the order they run."""
         return {name: round(self._seconds[name], 3) for name in PHASES if name in self._seconds}
@@ -264,29 +271,67 @@ class BuildRun:
             for s in services
         }
         built = self.build_all([s for s in services if not s.image], tags, env)
-        for service in services:
-            self.check()
-            tag = tags[service.name]
-            with self.phases.timing("build"):
-                if service.image:
-                    self.retag(service.image, tag, pull=True)
-                elif built[service.build_key] != tag:
-                    self.retag(built[service.build_key], tag)
-            if self.entrypoint is None and not service.image:
-                self.entrypoint = self.engine.entrypoint(tag)
-            self.out.line(f"Running: docker push {tag}")
-            with self.phases.timing("push"):
-                digest = push.push(
-                    self.engine,
-                    tag,
-                    previous=None if service.image else (self.previous.get(service.name) or {}).get("image"),
-                    since=self.began - 2,  # history times are whole seconds
-                    scratch=self.scratch,
-                    check=self.check,
-                    write=self.out.write,
-                )
-            self.images[service.name] = {"image": tag, "digest": digest}
+        # Each image is pushed as soon as it is tagged, beside the others under BuildKit (as its builds).
+        limit = self.rack.settings.build_parallel if self.engine.builder == "buildkit" else 1
+        pushes = parallel.Background(limit)
+        lock = threading.Lock()
+        spans: list[tuple[float, float]] = []
+        try:
+            for service in services:
+                self.check()
+                tag = tags[service.name]
+                with self.phases.timing("build"):
+                    if service.image:
+                        self.retag(service.image, tag, pull=True)
+                    elif built[service.build_key] != tag:
+                        self.retag(built[service.build_key], tag)
+                if self.entrypoint is None and not service.image:
+                    self.entrypoint = self.engine.entrypoint(tag)
+                pushes.submit(partial(self.push_image, service, tag, lock, spans, beside=limit > 1))
+            pushes.wait()
+        except BaseException:
+            pushes.wait(raising=False)  # no push of a failed build goes on after its tags are removed
+            raise
+        finally:
+            self._time_pushes(spans, lock)
+        self.images = {s.name: self.images[s.name] for s in services}  # in the manifest's order
         self.check()  # a cancel that came during the last push still wins
+
+    def push_image(
+        self, service, tag: str, lock: threading.Lock, spans: list[tuple[float, float]], *, beside: bool
+    ) -> None:
+        """Push a service's image and record it; `beside` others: its progress lines prefixed."""
+        write = parallel.Prefixed(self.out.write, lock, service.name) if beside else self.out.write
+        began = time.monotonic()
+        try:
+            with lock:
+                self.out.line(f"Running: docker push {tag}")
+            digest = push.push(
+                self.engine,
+                tag,
+                previous=None if service.image else (self.previous.get(service.name) or {}).get("image"),
+                since=self.began - 2,  # history times are whole seconds
+                scratch=self.scratch,
+                check=self.check,
+                write=write,
+            )
+            with lock:
+                self.images[service.name] = {"image": tag, "digest": digest}
+        finally:
+            if isinstance(write, parallel.Prefixed):
+                write.flush()
+            with lock:
+                spans.append((began, time.monotonic()))
+
+    def _time_pushes(self, spans: list[tuple[float, float]], lock: threading.Lock) -> None:
+        """Record the push phase as the time some push was running (pushes side by side overlap)."""
+        with lock:
+            taken = list(spans)
+        covered, end = 0.0, float("-inf")
+        for began, ended in sorted(taken):
+            covered += max(0.0, ended - max(began, end))
+            end = max(end, ended)
+        self.phases.set("push", covered)
 
     def fetch_source(self) -> None:
         """Extract the uploaded tarball, assemble the tree, or clone the git URL, into the source folder."""
@@ -456,7 +501,7 @@ class BuildRun:
             options=self.options,
             builder=self.engine.builder,
             secrets=self.secrets,
-            resolve=self._image_id,
+            resolve=cache(self.engine.find_image),  # services share base images: ask once each
         )
         self.inputs = found or ""
         if not found or self.options.get("no_cache"):
@@ -467,9 +512,6 @@ class BuildRun:
         self.out.line(f"Reusing the images of build {earlier['id']}: the same inputs ({found[:12]})")
         self.images, self.entrypoint = earlier["images"], earlier["entrypoint"]
         return True
-
-    def _image_id(self, image: str) -> str | None:
-        return self.engine.image_id(image) if self.engine.has_image(image) else None
 
     def build_all(self, services: list, tags: dict[str, str], env: dict[str, str]) -> dict[object, str]:
         """Build each distinct path and Dockerfile once, side by side under BuildKit; return their tags."""

@@ -260,12 +260,15 @@ class Engine:
 
     def has_image(self, name: str) -> bool:
         """Tell whether the engine has an image by this name or id."""
+        return self.find_image(name) is not None
+
+    def find_image(self, name: str) -> str | None:
+        """Return the id of the engine's image by this name or id, or None when it has none."""
         with engine_errors(f"looking up the image {name}"):
             try:
-                self.api.inspect_image(name)
+                return self.api.inspect_image(name)["Id"]
             except docker.errors.ImageNotFound:
-                return False
-        return True
+                return None
 
     def image_id(self, name: str) -> str:
         with engine_errors(f"inspecting the image {name}"):
