@@ -19,7 +19,17 @@ from collections.abc import Callable, Iterator
 from rack.logs.stream import BuildLog, Entry
 
 BATCH = 256
+# Followers wake at most every COALESCE_S, plus COALESCE_PER_FOLLOWER_S for each follower (at most
+# COALESCE_MAX_S): a wake costs the process work for every follower, so with many the wakes grow fewer
+# and larger, and the process's share of time spent fanning lines out stays bounded; requests get theirs.
 COALESCE_S = 0.02
+COALESCE_PER_FOLLOWER_S = 0.0002
+COALESCE_MAX_S = 0.25
+
+
+def coalesce_s(followers: int) -> float:
+    """Seconds to let lines gather before the next wake of `followers` followers."""
+    return min(COALESCE_MAX_S, COALESCE_S + COALESCE_PER_FOLLOWER_S * followers)
 
 
 class Piece(bytes):
@@ -75,7 +85,7 @@ class Tail:
                     self.final = final
                     self._cond.notify_all()
                 if new and not self.ended:
-                    time.sleep(COALESCE_S)  # let lines gather: followers wake (and send) at most this often
+                    time.sleep(coalesce_s(self.users))  # let lines gather: fewer, larger wakes
         except Exception as exc:  # Redis or Postgres away, the app deleted: every follower is told
             with self._cond:
                 self.error = exc
