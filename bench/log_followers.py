@@ -4,7 +4,8 @@ Run: .venv/bin/python bench/log_followers.py [--followers 1000] [--requests 200]
 
 A throwaway stack (Postgres, Redis, the API under gunicorn's gevent workers, as production runs it) is
 started in a temp folder. Phase one: GET /apps and POST builds are timed with no log followers. Phase two:
-the given number of followers (half websocket, half chunked, in child processes) follow one running build
+the given number of followers (half websocket, half chunked, on one loop per child process: they stand for
+clients on other machines, so their own cost stays small on this one) follow one running build
 whose log grows while the same requests are timed again. Printed side by side: each request's p50 and p99,
 and the API processes' resident memory, with the memory each follower adds.
 """
@@ -12,7 +13,6 @@ and the API processes' resident memory, with the memory each follower adds.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import multiprocessing as mp
 import os
@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 import requests  # noqa: E402
-import websocket  # noqa: E402
 
 from rack import apps, objects  # noqa: E402
 from rack.builds import record as builds  # noqa: E402
@@ -36,53 +35,18 @@ from rack.context import Rack  # noqa: E402
 from rack.logs.stream import BuildLog  # noqa: E402
 from rack.sql import builds as sql  # noqa: E402
 from rack_stack import Stack  # noqa: E402
+from tests.helpers import Crowd, basic  # noqa: E402
 
 APP = "bench"
-PER_CHILD = 250
-
-
-def auth(password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"convox:{password}".encode()).decode()}
+PER_CHILD = 500
 
 
 def follow_many(api: str, password: str, build_id: str, count: int, ready, done) -> None:
-    """In a child process: `count` followers in threads; report when all are connected, then when ended."""
-    path = f"/apps/{APP}/builds/{build_id}/logs"
-    connected = threading.Semaphore(0)
-    received = [0] * count
-
-    def one(i: int) -> None:
-        if i % 2 == 0:
-            ws = websocket.create_connection(
-                api.replace("http://", "ws://") + path,
-                header=[f"Authorization: {auth(password)['Authorization']}", "Offset: 0"],
-                timeout=120,
-                skip_utf8_validation=True,
-            )
-            connected.release()
-            while True:
-                opcode, data = ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_BINARY and not data:
-                    break
-                received[i] += len(data)
-            ws.close()
-        else:
-            with requests.get(
-                api + path, params={"offset": 0}, headers=auth(password), stream=True, timeout=120
-            ) as r:
-                connected.release()
-                for chunk in r.iter_content(chunk_size=None):
-                    received[i] += len(chunk)
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for _ in range(count):
-        connected.acquire()
+    """In a child process: `count` followers on one loop; report when all are connected, then when ended."""
+    crowd = Crowd(api, password, APP, build_id, count)
+    crowd.connect(300)
     ready.put(count)
-    for thread in threads:
-        thread.join(300)
-    done.put(received)
+    done.put([len(data) if ended else -1 for ended, data in crowd.run(300)])
 
 
 def rss(pid: int) -> int:
@@ -97,12 +61,12 @@ def timed(api: str, password: str, count: int) -> dict[str, list[float]]:
         for what in times:
             began = time.monotonic()
             if what == "GET /apps":
-                r = session.get(f"{api}/apps", headers=auth(password), timeout=30)
+                r = session.get(f"{api}/apps", headers=basic(password), timeout=30)
             else:
                 r = session.post(
                     f"{api}/apps/{APP}/builds",
                     data={"url": f"object://{APP}/tmp/src.tgz"},
-                    headers=auth(password),
+                    headers=basic(password),
                 )
             assert r.status_code == 200, r.text
             times[what].append(time.monotonic() - began)
@@ -120,6 +84,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     os.environ["RACK_CONNECTIONS_PER_ADDRESS"] = str(args.followers + 100)  # all from 127.0.0.1 here
+    load_before = " ".join(f"{n:.2f}" for n in os.getloadavg())
     home = Path(tempfile.mkdtemp(prefix="rack-bench-", dir="/tmp"))
     home.chmod(0o755)
     stack = Stack(home, fast=True)
@@ -177,6 +142,7 @@ def main() -> None:
     finally:
         stack.stop()
         shutil.rmtree(home, ignore_errors=True)
+    load_after = " ".join(f"{n:.2f}" for n in os.getloadavg())
 
     print(f"API: gunicorn gevent workers; {attached} followers ({attached // 2} websocket, the rest chunked)")
     print(f"{'':14} {'no followers':>24} {f'{attached} followers':>24}")
@@ -188,7 +154,7 @@ def main() -> None:
     print(f"memory per follower: {(loaded_rss - base_rss) / max(attached, 1) / 1024:.0f} KiB")
     whole = sum(1 for n in received if n == expected)
     print(f"followers that got the whole {expected}-byte log: {whole} of {len(received)}")
-    print(f"total {time.monotonic() - began:.1f} s")
+    print(f"total {time.monotonic() - began:.1f} s; load average {load_before} before, {load_after} after")
 
 
 if __name__ == "__main__":

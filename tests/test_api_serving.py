@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -136,9 +137,9 @@ def test_300_followers_get_every_byte_while_the_api_keeps_answering(serve, rack,
         f" ({streamed[what]} while lines streamed)"
         for what, t in load.times.items()
     )
-    print(
-        f"\n300 followers (150 websocket, 150 chunked), a {len(expected)}-byte log of {lines} lines: {report}"
-    )
+    load_avg = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    print(f"\n300 followers (150 websocket, 150 chunked), {len(expected)} bytes in {lines} lines: {report};")
+    print(f"machine load average {load_avg} (1, 5, 15 min)")
     digest = hashlib.sha256(expected).hexdigest()
     assert len(results) == 300
     assert sum(1 for ended, got in results if ended and got == digest) == 300
