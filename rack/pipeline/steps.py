@@ -271,8 +271,9 @@ class BuildRun:
             for s in services
         }
         built = self.build_all([s for s in services if not s.image], tags, env)
-        # Each image is pushed as soon as it is tagged, beside the others under BuildKit (as its builds).
-        limit = self.rack.settings.build_parallel if self.engine.builder == "buildkit" else 1
+        # Each image is pushed as soon as it is tagged, beside the others (pushes are the engine's, whichever
+        # builder made the image).
+        limit = self.rack.settings.build_parallel
         pushes = parallel.Background(limit)
         lock = threading.Lock()
         spans: list[tuple[float, float]] = []
