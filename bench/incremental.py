@@ -10,7 +10,10 @@ scenario, side by side:
 - floor: `tar cf` of the folder, its upload to the rack's objects API, then a bare
   `DOCKER_BUILDKIT=1 docker build` of the folder and a push of the image: what any build must do with
   no incrementality at all.
-Prints each scenario's medians, the ratio rack/floor and the issue's goal for it.
+Prints each scenario's medians, the ratio rack/floor and the issue's goal for it, then the last round's
+parts: the CLI's (hashing, uploading, starting the build) with the worker's phases, and the floor's
+(tar, upload, build, push). `RACK_FAST_PUSH=false` in the environment gives the rack's worker the
+engine's own push.
 """
 
 from __future__ import annotations
