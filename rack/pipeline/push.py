@@ -5,12 +5,13 @@ on a loaded 2-core worker, so the 100 MB layer of a large `COPY` costs seconds. 
 image from the engine (`docker save`), compresses at a fast level on every core and skips the layers the
 registry has, which is cheaper once the layers this build made are at least half the image and more than
 FAST_MIN. An image on a large base whose layers the registry has stays with the engine's push, which
-reads only the new layers. `RACK_FAST_PUSH=false` always uses the engine.
+reads only the new layers. `RACK_FAST_PUSH=false`, or a worker without skopeo, always uses the engine.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -65,7 +66,7 @@ def push(
 ) -> str:
     """Push the image and return the digest the registry gave it."""
     settings = engine.settings
-    if settings.fast_push:
+    if settings.fast_push and shutil.which("skopeo"):  # a worker without skopeo pushes with the engine
         new, total = new_layers(engine, tag, previous=previous, since=since)
         if new >= FAST_MIN and 2 * new >= total:
             write(
