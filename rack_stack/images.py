@@ -36,9 +36,12 @@ DOCKER_CLIENT = "/usr/bin/docker"  # Debian's 20.10 client: it drives the engine
 TARGETS = ("api", "worker")
 DEFAULT_CACHE = Path("/var/cache/rack-images")
 DEFAULT_BASE = "python:3.11-slim-bookworm"
-# The local base: Debian's python3 (3.11, as the public image) with venv, git for git sources, and CAs.
+# The local base: Debian's python3 (3.11, as the public image) with venv, git for git sources, skopeo
+# (exports, imports, `import-image` and fast pushes copy images with it), and CAs. debootstrap does not
+# choose a provider of a virtual package: containernetworking-plugins is containers-common's
+# `container-network-stack` (skopeo never runs a container).
 SUITE = "bookworm"
-PACKAGES = ("python3", "python3-venv", "git", "ca-certificates")
+PACKAGES = ("python3", "python3-venv", "git", "skopeo", "containernetworking-plugins", "ca-certificates")
 DEBIAN_PYTHON = "/usr/bin/python3"
 BASE_REPOSITORY = "rack-base/debian"
 # Files of the root filesystem nothing in an image reads: downloaded packages, indexes, docs, translations.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import time
 from pathlib import Path
 
@@ -148,6 +150,12 @@ def test_api_image_answers_check_and_the_worker_image_builds_the_example(
             assert image.startswith(docker_stack.env["RACK_REGISTRY"] + "/imaged:")
         logs = http.get(f"{url}/apps/imaged/builds/{build['id']}/logs").text
         assert "baked: greeting=hello" in logs
+        # The API image exports with its own skopeo: build.json, then one OCI archive per service.
+        export = http.get(f"{url}/apps/imaged/builds/{build['id']}.tgz", timeout=120)
+        assert export.status_code == 200, export.text[:500]
+        with tarfile.open(fileobj=io.BytesIO(export.content), mode="r:gz") as archive:
+            names = archive.getnames()
+        assert names == ["build.json", *(f"{s}.{build['id']}.tar" for s in sorted(row["images"]))], names
     finally:
         for container in containers:
             container.remove(force=True)
