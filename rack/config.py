@@ -73,6 +73,7 @@ class Settings:
     build_attempts: int = 2  # runs of a build whose worker was lost, counting the first
     source_retention: int = 7 * 24 * 3600  # seconds a source's contents outlive the last build using them
     source_sweep_interval: int = 3600  # seconds between a worker's sweeps of unneeded contents
+    source_folders_max_bytes: int = 10 * 1024**3  # the apps' source folders on a worker, all together
     git_allow_local: bool = False  # let builds clone file:// and path URLs (tests); never for shared racks
     build_network: str = "isolated"  # see BUILD_NETWORKS
     git_allow_private: bool = False  # let git URLs point at loopback, link-local and private addresses

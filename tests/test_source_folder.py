@@ -163,3 +163,46 @@ def test_builds_send_buildkit_only_the_changes_and_survive_a_failed_build(docker
         assert run_image(client, image, "cat", "/app/data/f06.bin") == (folder / "data/f06.bin").read_text()
     finally:
         client.close()
+
+
+def disk_use(slot: Path) -> int:
+    """What a folder's tree takes on disk, measured here."""
+    return sum(os.lstat(p).st_blocks * 512 for p in [slot / "tree", *(slot / "tree").rglob("*")])
+
+
+def test_the_folders_keep_under_their_cap_removing_the_least_recently_used_idle_ones(
+    own_dir, tmp_path, monkeypatch
+):
+    rack = own_dir
+    urls = {}
+    for app in ("a", "b", "c"):
+        apps.create(rack, name=app)
+        files = {"big.bin": os.urandom(100_000).hex(), "convox.yml": MANIFEST}
+        urls[app] = send(rack, write_app(tmp_path / app, files), app)
+    slot = {app: worktree.base(rack) / app / "0" for app in urls}
+
+    def build(app: str) -> worktree.Checkout:
+        with worktree.checkout(rack, urls[app]) as held:
+            assert held is not None
+            return held
+
+    assert build("a").fresh
+    limit = int(disk_use(slot["a"]) * 2.5)  # room for two of the three folders
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, source_folders_max_bytes=limit))
+    build("b")
+    assert slot["a"].joinpath("tree").exists()  # two fit
+    build("c")
+    assert not slot["a"].joinpath("tree").exists() and not slot["a"].joinpath(worktree.STATE).exists()
+    assert sum(disk_use(slot[app]) for app in "bc") <= limit
+    assert build("a").fresh  # its state went with it: the next build writes it from empty
+    assert not slot["b"].joinpath("tree").exists()  # now the least recently used
+    # a folder a build holds stays, however far over the cap, and however long unused
+    monkeypatch.setattr(rack, "settings", dataclasses.replace(rack.settings, source_folders_max_bytes=1))
+    with worktree.checkout(rack, urls["c"]) as held:
+        assert held is not None and not held.fresh
+        assert build("b").fresh
+        assert files_of(held.path)["big.bin"] and slot["c"].joinpath(worktree.STATE).exists()
+        assert not slot["a"].joinpath("tree").exists()  # idle: removed
+        assert worktree.cap(rack) == ["b/0"]  # idle once its build ended; the held one stays
+        assert worktree.cap(rack) == []
+    assert worktree.cap(rack) == ["c/0"]

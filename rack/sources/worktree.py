@@ -12,7 +12,8 @@ folder again from empty under a new generation (a new context identity, so Build
 Each update first compares the folder with the state: whatever the tree does not name, or whose stat
 (inode, size, mtime, ctime, mode) is not the one written, is removed and written again. Paths obey the
 extraction rules of a tarball's members (`rack.pipeline.source`). An app deleted and made again under the
-same name starts from empty.
+same name starts from empty. Past `RACK_SOURCE_FOLDERS_MAX_BYTES` for all the folders together, each update
+removes the least recently used folders no build holds (state and all), until the total is under it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from rack.sources.assemble import content_opener
 log = logging.getLogger(__name__)
 VERSION = 1
 STATE = "state.json"
+SIZE = "bytes"  # the tree's disk use as last written, beside its state
 # Every write of a generation gets its own nanoseconds on top of the tree's mtime (whole seconds), so a
 # rewritten file never shows BuildKit the size and mtime of a version it already holds. Layers keep whole
 # seconds (rounded to the nearest), so past this many writes a new generation starts.
@@ -96,7 +98,15 @@ def checkout(rack: Rack, url: str, *, stop: Stop | None = None) -> Iterator[Chec
             except BlockingIOError:
                 continue
             os.utime(fd)  # when the folder was last used, for the sweep
-            yield _update(rack, folder, url, app=created, stop=stop)
+            held = _update(rack, folder, url, app=created, stop=stop)
+            try:
+                removed = cap(rack)  # this folder's lock is held: it stays
+            except OSError:
+                log.warning("could not keep the source folders under their cap", exc_info=True)
+            else:
+                if removed:
+                    log.info("over the source folders' cap: removed %s", ", ".join(removed))
+            yield held
             return
         finally:
             os.close(fd)  # and with it the lock
@@ -154,6 +164,7 @@ def _update(rack: Rack, folder: Path, url: str, *, app: str, stop: Stop | None) 
         if st is None:  # written above, so there; gone means someone else is in the folder
             raise BuildPlatformError(Reason.INTERNAL, f"{path!r} vanished from the app's source folder")
         paths[path] = {"want": _want(entry), "stat": _stat(st)}
+    (folder / SIZE).write_text(str(sum(_disk(st) for st in found.values())))
     _save(folder / STATE, {"version": VERSION, "app": app, **state, "writes": writes, "paths": paths})
     return Checkout(
         path=root,
@@ -279,18 +290,73 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def sweep(rack: Rack, *, idle: int | None = None) -> list[str]:
-    """Remove the folders of apps that are gone, or unused for `idle` seconds (the source retention)."""
-    keep = rack.settings.source_retention if idle is None else idle
-    removed = []
+def _slots(rack: Rack) -> list[Path]:
     try:
-        slots = sorted(s for a in base(rack).iterdir() for s in a.iterdir() if s.is_dir())
+        return sorted(s for a in base(rack).iterdir() for s in a.iterdir() if s.is_dir())
     except FileNotFoundError:
         return []
     except OSError:
         log.warning("could not list the apps' source folders", exc_info=True)
         return []
-    for slot in slots:
+
+
+def _last_used(slot: Path) -> float:
+    try:
+        return (slot / "lock").stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _clear(slot: Path) -> bool:
+    """Remove a folder's tree and state unless a build holds it; return whether they are gone."""
+    fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a build holds it: in use
+        (slot / STATE).unlink(missing_ok=True)
+        (slot / SIZE).unlink(missing_ok=True)
+        return folders.remove(slot / "tree")
+    finally:
+        os.close(fd)
+
+
+def _disk(st: os.stat_result) -> int:
+    return st.st_blocks * 512
+
+
+def size(slot: Path) -> int:
+    """A folder's disk use: as recorded with its state, else measured."""
+    if (slot / STATE).exists():
+        with contextlib.suppress(OSError, ValueError):
+            return int((slot / SIZE).read_text())
+    try:
+        return sum(_disk(st) for st in _walk(slot / "tree").values())
+    except OSError:  # gone, or being written by its build
+        return 0
+
+
+def cap(rack: Rack) -> list[str]:
+    """Remove the least recently used folders no build holds while all of them pass
+    `RACK_SOURCE_FOLDERS_MAX_BYTES`; return those removed (`app/slot`)."""
+    sizes = {slot: size(slot) for slot in _slots(rack) if (slot / "tree").exists()}
+    total = sum(sizes.values())
+    removed = []
+    for slot in sorted(sizes, key=_last_used):
+        if total <= rack.settings.source_folders_max_bytes:
+            break
+        if _clear(slot):
+            total -= sizes[slot]
+            removed.append(f"{slot.parent.name}/{slot.name}")
+    return removed
+
+
+def sweep(rack: Rack, *, idle: int | None = None) -> list[str]:
+    """Remove the folders of apps that are gone, or unused for `idle` seconds (the source retention)."""
+    keep = rack.settings.source_retention if idle is None else idle
+    removed = []
+    for slot in _slots(rack):
         app = slot.parent.name
         try:
             exists = apps.get(rack, app) is not None
@@ -298,21 +364,8 @@ def sweep(rack: Rack, *, idle: int | None = None) -> list[str]:
             exists = False
         except RackError:
             continue
-        try:
-            used = (slot / "lock").stat().st_mtime
-        except FileNotFoundError:
-            used = 0.0
-        if exists and time.time() - used < keep:
+        if exists and time.time() - _last_used(slot) < keep:
             continue
-        fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a build holds it: in use
-            (slot / STATE).unlink(missing_ok=True)
-            if folders.remove(slot / "tree"):
-                removed.append(f"{app}/{slot.name}")
-        finally:
-            os.close(fd)
+        if _clear(slot):
+            removed.append(f"{app}/{slot.name}")
     return removed
