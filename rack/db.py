@@ -67,7 +67,8 @@ class Database:
                 broken = True
                 raise Unavailable(f"the database is unreachable: {_first_line(exc)}") from exc
             finally:
-                pool.putconn(conn, close=broken or conn.closed != 0)
+                # a transaction left open (its end interrupted) would be the next user's: drop the connection
+                pool.putconn(conn, close=broken or conn.closed != 0 or not _idle(conn))
         finally:
             self._free.release()
 
@@ -89,6 +90,9 @@ class Database:
                 return conn
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 pool.putconn(conn, close=True)
+            except BaseException:  # interrupted (a greenlet killed): the connection goes, not its slot
+                pool.putconn(conn, close=True)
+                raise
         raise psycopg2.OperationalError("no working database connection")
 
     def close(self) -> None:
@@ -104,6 +108,11 @@ def _end(conn, statement: str) -> None:
         return
     with conn.cursor() as cur:
         cur.execute(statement)
+
+
+def _idle(conn) -> bool:
+    """Tell whether the connection is in no transaction (asked of libpq: no round trip)."""
+    return conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
 def _first_line(exc: BaseException) -> str:
