@@ -1,6 +1,6 @@
 """Measure the rack's overhead on a build: `run_build` of the example app against a bare build + push.
 
-Run: .venv/bin/python bench/build_overhead.py [--rounds 5] [--cold-rounds 3] [--side-rounds 2] [--keep]
+Run: .venv/bin/python bench/build_overhead.py [--rounds 9] [--cold-rounds 5] [--side-rounds 2] [--keep]
 
 Starts a private stack (Postgres, Redis, dockerd, registry, API, worker) in a temp folder. Each round times,
 alternately:
@@ -250,8 +250,9 @@ def report_phases(name: str, seen: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="warm rounds (layer cache on)")
-    parser.add_argument("--cold-rounds", type=int, default=3, help="rounds with no-cache")
+    # A warm round takes half a second: on a shared 2-core machine a median needs this many to settle.
+    parser.add_argument("--rounds", type=int, default=9, help="warm rounds (layer cache on)")
+    parser.add_argument("--cold-rounds", type=int, default=5, help="rounds with no-cache")
     parser.add_argument("--side-rounds", type=int, default=2, help="rounds of the three-service app")
     parser.add_argument("--keep", action="store_true", help="leave the stack's folder behind")
     opts = parser.parse_args()
