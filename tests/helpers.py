@@ -536,6 +536,7 @@ class CuttingProxy:
     def __init__(self, upstream_port: int, *, cut_after: int) -> None:
         self.upstream_port, self.cut_after = upstream_port, cut_after
         self.sent, self.cuts = 0, 0
+        self._lock = threading.Lock()  # connections side by side share the count and the one cut
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -561,14 +562,15 @@ class CuttingProxy:
 
         threading.Thread(target=back, daemon=True).start()
         while data := _recv(client):
-            left = self.cut_after - self.sent
-            if self.cuts == 0:
-                data = data[:left]
+            with self._lock:
+                cut = self.cuts == 0 and self.sent + len(data) >= self.cut_after
+                if cut:
+                    data = data[: self.cut_after - self.sent]
+                    self.cuts += 1
+                self.sent += len(data)
             upstream.sendall(data)
-            self.sent += len(data)
-            if self.cuts == 0 and len(data) == left:
+            if cut:
                 cutting.set()
-                self.cuts += 1
                 upstream.shutdown(socket.SHUT_WR)  # the server sees the body end here
                 done.wait(10)  # and has answered (and recorded what arrived) before the client learns
                 break
