@@ -242,7 +242,7 @@ def test_contents_are_shared_between_builds_and_swept_when_no_recent_build_needs
     age(old["id"], 10)
     age(new["id"], 1)
     removed = sweep.sweep(rack, retention=int(week.total_seconds()))
-    assert removed == {"contents": 1, "trees": 1}  # the first tree and its one unshared content
+    assert removed == {"contents": 1, "trees": 1, "packs": 0}  # the first tree and its one unshared content
     assert stored(rack) == shas(rack, second.url)
     (gone,) = only_first
     with pytest.raises(FileNotFoundError):
@@ -253,10 +253,32 @@ def test_contents_are_shared_between_builds_and_swept_when_no_recent_build_needs
     assert len(packs(rack)) == 2  # the first one still holds contents the second tree needs
     kept = len(stored(rack))
     age(new["id"], 8)
-    assert sweep.sweep(rack, retention=int(week.total_seconds())) == {"contents": kept, "trees": 1}
+    removed = sweep.sweep(rack, retention=int(week.total_seconds()))
+    assert removed == {"contents": kept, "trees": 1, "packs": 0}
     assert stored(rack) == set() and packs(rack) == []  # each pack went with its last content
     again = send(client, project)  # a later build uploads what was swept
     assert again.files == again.total_files == 33
+
+
+def test_a_pack_whose_contents_were_never_recorded_is_swept_after_its_grace(rack, client, project):
+    send(client, project)  # packs with recorded contents, made just now
+    recorded = packs(rack)
+    assert recorded
+    now = datetime.now(UTC)
+    hour = 3600
+    # a worker that died between storing a pack and recording its contents left these behind
+    old = contents.pack_name((now - timedelta(seconds=sweep.PACK_GRACE + hour)).timestamp())
+    fresh = contents.pack_name((now - timedelta(seconds=sweep.PACK_GRACE - hour)).timestamp())
+    for name in (old, fresh):
+        rack.store.put_stream(contents.pack_key("myapp", name), io.BytesIO(b"orphaned bytes"))
+    assert sweep.sweep(rack) == {"contents": 0, "trees": 0, "packs": 1}
+    assert sorted(packs(rack)) == sorted([*recorded, contents.pack_key("myapp", fresh)])  # in flight, maybe
+    later = now + timedelta(hours=2)  # the fresh one's grace is over; recorded packs stay, however old
+    assert sweep.sweep(rack, retention=10 * 24 * hour, now=later)["packs"] == 1
+    assert packs(rack) == recorded
+    for sha in stored(rack):
+        with contents.open_content(rack, "myapp", sha) as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == sha
 
 
 def test_contents_stored_alone_before_packs_are_still_read(rack, project):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 import tarfile
+import time
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
@@ -84,6 +85,17 @@ def pack_key(app: str, pack: str) -> str:
     return f"{app}/{objects.RESERVED}/packs/{pack}"
 
 
+def pack_name(now: float | None = None) -> str:
+    """A new pack's name: when it was made (Unix seconds), so the sweep can tell an upload in flight."""
+    return f"{int(time.time() if now is None else now):011d}-{secrets.token_hex(12)}"
+
+
+def pack_made(name: str) -> float | None:
+    """When a pack was made, from its name; None for a name that does not say (made before they did)."""
+    made, dash, _ = name.partition("-")
+    return float(made) if dash and made.isdigit() else None
+
+
 def receive(rack: Rack, app: str, body: BinaryIO) -> dict:
     """Store every content of a tar batch as one object (a pack); return `{"stored": N, "bytes": N}`.
 
@@ -92,7 +104,7 @@ def receive(rack: Rack, app: str, body: BinaryIO) -> dict:
     """
     apps.get(rack, app)
     pack = _Pack(body, limit=rack.settings.extract_max_bytes)
-    name = secrets.token_hex(16)
+    name = pack_name()
     rack.store.put_stream(pack_key(app, name), cast(BinaryIO, pack))
     if pack.stored:
         with rack.db.transaction() as conn:
