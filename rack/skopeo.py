@@ -10,9 +10,11 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from rack.errors import BadGateway, Unavailable
@@ -20,6 +22,7 @@ from rack.scrub import scrub
 
 TIMEOUT = 1800  # seconds for one copy: Convox allows 30 minutes per image too
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+POLL = 0.25  # seconds between looks at a deadline or a cancel while skopeo runs
 
 
 def host_of(reference: str) -> str:
@@ -59,17 +62,23 @@ def copy(
     *,
     creds: Mapping[str, tuple[str, str]] | None = None,
     what: str,
-    timeout: int = TIMEOUT,
+    timeout: int | None = TIMEOUT,
+    options: Sequence[str] = (),
+    scratch: Path | None = None,
+    check: Callable[[], None] | None = None,
 ) -> str:
-    """Copy `src` to `dest` (`docker://…`, `oci-archive:…`, `docker-archive:…`); return the pushed digest."""
-    args = []
+    """Copy `src` to `dest` (`docker://…`, `docker-daemon:…`, `oci-archive:…`, `docker-archive:…`); return
+    the pushed digest. skopeo's temporary files (a `docker-daemon:` image's whole copy) go in `scratch`;
+    `check` is called while it runs, and whatever it raises stops the copy."""
+    args = list(options)
     for flag, ref in (("--src-tls-verify=false", src), ("--dest-tls-verify=false", dest)):
         if ref.startswith("docker://") and insecure(host_of(ref.removeprefix("docker://"))):
             args.append(flag)
-    with tempfile.TemporaryDirectory(prefix="rack-skopeo-") as tmp, authfile(creds or {}) as auth:
+    folder = tempfile.TemporaryDirectory(prefix="rack-skopeo-", dir=scratch)
+    with folder as tmp, authfile(creds or {}) as auth:
         digestfile = Path(tmp) / "digest"
         run(["copy", "--quiet", "--authfile", auth, "--digestfile", str(digestfile), *args, "--", src, dest],
-            what=what, timeout=timeout)  # fmt: skip
+            what=what, timeout=timeout, tmp=tmp, check=check)  # fmt: skip
         return digestfile.read_text().strip() if digestfile.exists() else ""
 
 
@@ -80,17 +89,40 @@ def inspect_raw(ref: str, *, creds: Mapping[str, tuple[str, str]] | None = None,
         return run(["inspect", "--raw", "--authfile", auth, *args, "--", ref], what=what, timeout=120)
 
 
-def run(args: list[str], *, what: str, timeout: int) -> bytes:
+def run(
+    args: list[str],
+    *,
+    what: str,
+    timeout: int | None,
+    tmp: str | None = None,
+    check: Callable[[], None] | None = None,
+) -> bytes:
+    """Run skopeo with `args`; its output, or BadGateway with its last words (Unavailable if missing)."""
+    env = {**os.environ, "TMPDIR": tmp} if tmp else None
     try:
-        proc = subprocess.run(
-            ["skopeo", *args], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-        )
+        proc = subprocess.Popen(
+            ["skopeo", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, start_new_session=True,
+        )  # fmt: skip
     except FileNotFoundError:
         raise Unavailable("skopeo is not installed on this rack (Debian package skopeo)") from None
-    except subprocess.TimeoutExpired:
-        raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=POLL)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
+                if check is not None:
+                    check()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     if proc.returncode != 0:
-        message = proc.stderr.decode(errors="replace").strip().splitlines()
+        message = err.decode(errors="replace").strip().splitlines()
         detail = scrub(message[-1] if message else f"exit status {proc.returncode}")
         raise BadGateway(f"{what}: {detail[:500]}")
-    return proc.stdout
+    return out

@@ -10,23 +10,20 @@ reads only the new layers. `RACK_FAST_PUSH=false`, or a worker without skopeo, a
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
-import signal
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import docker.errors
+
 from rack import skopeo
-from rack.errors import BuildPlatformError
+from rack.errors import BadGateway, BuildPlatformError, Unavailable
 from rack.pipeline.engine.classic import Engine, drain, engine_errors
 from rack.reasons import Reason
-from rack.scrub import scrub
 
 FAST_LEVEL = 1
 FAST_MIN = 32 * 1024 * 1024
-POLL = 0.25  # seconds between looks at a cancel while skopeo runs
 
 
 def new_layers(engine: Engine, tag: str, *, previous: str | None, since: float) -> tuple[int, int]:
@@ -40,11 +37,10 @@ def new_layers(engine: Engine, tag: str, *, previous: str | None, since: float) 
     with engine_errors(f"inspecting the image {tag}"):
         layers = api.inspect_image(tag)["RootFS"]["Layers"]
         sized = [h for h in api.history(tag) if (h.get("Size") or 0) > 0]  # newest first
-        before = (
-            api.inspect_image(previous)["RootFS"]["Layers"]
-            if previous and engine.has_image(previous)
-            else None
-        )
+        before = None
+        if previous:
+            with contextlib.suppress(docker.errors.ImageNotFound):  # not on this engine: by time instead
+                before = api.inspect_image(previous)["RootFS"]["Layers"]
     total = sum(h["Size"] for h in sized)
     if before is not None:
         shared = 0
@@ -79,43 +75,17 @@ def push(
 
 def _skopeo(settings, tag: str, *, scratch: Path, check: Callable[[], None]) -> str:
     creds = {settings.registry: (settings.registry_username, settings.registry_password)}
-    tls = ["--dest-tls-verify=false"] if skopeo.insecure(settings.registry) else []
-    with tempfile.TemporaryDirectory(prefix="rack-push-", dir=scratch) as tmp, skopeo.authfile(creds) as auth:
-        digestfile = Path(tmp) / "digest"
-        argv = [
-            "skopeo", "copy", "--quiet", "--authfile", auth, "--digestfile", str(digestfile),
-            "--src-daemon-host", settings.docker_host, *tls,
-            "--dest-compress-format", "gzip", "--dest-compress-level", str(FAST_LEVEL),
-            "--", f"docker-daemon:{tag}", f"docker://{tag}",
-        ]  # fmt: skip
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "TMPDIR": tmp,
-            "HOME": os.environ.get("HOME", tmp),
-        }
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-        except FileNotFoundError:
-            raise BuildPlatformError(Reason.REGISTRY, "skopeo is not installed on this worker") from None
-        try:
-            while True:
-                try:
-                    _, err = proc.communicate(timeout=POLL)
-                    break
-                except subprocess.TimeoutExpired:
-                    check()  # a cancel or a timeout stops the copy
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-        if proc.returncode != 0:
-            lines = err.decode(errors="replace").strip().splitlines()
-            detail = scrub(lines[-1] if lines else f"exit status {proc.returncode}")
-            raise BuildPlatformError(Reason.REGISTRY, f"pushing {tag} failed: {detail[:500]}")
-        digest = digestfile.read_text().strip() if digestfile.exists() else ""
+    options = ["--src-daemon-host", settings.docker_host,
+               "--dest-compress-format", "gzip", "--dest-compress-level", str(FAST_LEVEL)]  # fmt: skip
+    try:
+        digest = skopeo.copy(
+            f"docker-daemon:{tag}", f"docker://{tag}", creds=creds, what=f"pushing {tag} failed",
+            timeout=None, options=options, scratch=scratch, check=check,
+        )  # fmt: skip
+    except Unavailable:
+        raise BuildPlatformError(Reason.REGISTRY, "skopeo is not installed on this worker") from None
+    except BadGateway as exc:
+        raise BuildPlatformError(Reason.REGISTRY, exc.message) from None
     if not digest:
         raise BuildPlatformError(Reason.REGISTRY, f"pushing {tag} gave no digest")
     return digest
