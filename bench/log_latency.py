@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/log_latency.py [--lines 2000] [--pace-ms 1] [--burst 200000] [--followers 10]
 
-A throwaway stack (Postgres, Redis, and the API under gunicorn's gthread worker, as production runs it) is
+A throwaway stack (Postgres, Redis, and the API under gunicorn's gevent worker, as production runs it) is
 started in a temp folder. Latency: a writer appends lines at a steady pace through `BuildLog.writer()` (as
 the worker does) and, for comparison, plain `append`; a websocket follower in another process stamps each
 line on receipt; figures are the time from the line's write to its receipt. Throughput: one writer pushes a
@@ -183,7 +183,7 @@ def main() -> None:
     try:
         stack.start(services=("postgres", "redis", "api"))
         api = stack.services["api"].address
-        print(f"stack up in {time.monotonic() - began:.1f} s; API under gunicorn gthread at {api}")
+        print(f"stack up in {time.monotonic() - began:.1f} s; API under gunicorn (gevent) at {api}")
         rack = Rack(load_settings(stack.env), enqueue_build=lambda build_id: None)
         apps.create(rack, name=APP)
         objects.put_bytes_stream(rack, APP, "tmp/src.tgz", io.BytesIO(b"source"))
