@@ -260,6 +260,26 @@ def test_contents_are_shared_between_builds_and_swept_when_no_recent_build_needs
     assert again.files == again.total_files == 33
 
 
+def test_asking_again_refreshes_an_old_use_and_leaves_a_recent_one_as_it_is(rack, client, project):
+    first = send(client, project)
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    with rack.db.transaction() as conn:
+        execute(conn, "UPDATE source_contents SET used = %s", (long_ago,))
+        execute(conn, "UPDATE source_trees SET used = %s", (long_ago,))
+
+    def uses() -> list[datetime]:
+        with rack.db.transaction() as conn:
+            rows = fetchall(conn, "SELECT used FROM source_contents UNION ALL SELECT used FROM source_trees")
+        return sorted(row["used"] for row in rows)
+
+    assert send(client, project).url == first.url
+    marked = uses()
+    assert len(marked) == 34 and min(marked) > datetime.now(UTC) - timedelta(seconds=contents.touch_lag(rack))
+    assert sweep.sweep(rack, retention=7 * 24 * 3600) == {"contents": 0, "trees": 0, "packs": 0}
+    send(client, project)  # within the lag: no row is written again
+    assert uses() == marked
+
+
 def test_a_pack_whose_contents_were_never_recorded_is_swept_after_its_grace(rack, client, project):
     send(client, project)  # packs with recorded contents, made just now
     recorded = packs(rack)

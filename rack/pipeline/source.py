@@ -186,7 +186,9 @@ def extract_members(
 
 def check_members(members: Iterable[tarfile.TarInfo], *, max_depth: int = 256) -> None:
     """Refuse a member that extraction would refuse by its name, type or link target, writing nothing."""
-    extraction = _Extraction("/nonexistent-source-root", -1, max_bytes=0, max_entries=0, max_depth=max_depth)
+    extraction = _Extraction(
+        "/nonexistent-source-root", -1, max_bytes=0, max_entries=0, max_depth=max_depth, lexical=True
+    )
     for member in members:
         parts = extraction.check(member)
         extraction.kinds["/".join(parts)] = "dir" if member.isdir() else "file"
@@ -202,9 +204,21 @@ class _Opener:
 class _Extraction:
     """Write archive members under one root, never following a link and never leaving the root."""
 
-    def __init__(self, root: str, root_fd: int, *, max_bytes: int, max_entries: int, max_depth: int) -> None:
+    def __init__(
+        self,
+        root: str,
+        root_fd: int,
+        *,
+        max_bytes: int,
+        max_entries: int,
+        max_depth: int,
+        lexical: bool = False,
+    ) -> None:
         self.root, self.root_fd, self.max_bytes, self.max_entries = root, root_fd, max_bytes, max_entries
         self.max_depth = max_depth
+        # Checking names alone (no tree on disk): the standard filter's path checks are then lexical, and
+        # `_parts` has refused whatever they would in a file's or a folder's name; only links are left to it.
+        self.lexical = lexical
         self.too_big = f"the source archive is larger than {max_bytes} bytes when extracted"
         self.total = 0
         self.kinds: dict[str, str] = {}  # archive path -> "dir" | "file" | "link"
@@ -262,7 +276,8 @@ class _Extraction:
             source = "/".join(_parts(target, name))
             if source == "/".join(parts) or self.kinds.get(source) != "file":
                 raise _bad(name, f"is a hard link to {target!r}, which is not a file earlier in the archive")
-        if _DATA_FILTER is not None:  # Python 3.11.4+; Debian 12's 3.11.2 has only our own checks above
+        if _DATA_FILTER is not None and not (self.lexical and (member.isfile() or member.isdir())):
+            # Python 3.11.4+; Debian 12's 3.11.2 has only our own checks above
             try:
                 _DATA_FILTER(member, self.root)  # the standard checks too, in case ours miss one
             except tarfile.FilterError as exc:

@@ -32,11 +32,18 @@ def key(app: str, sha256: str) -> str:
     return f"{app}/{objects.RESERVED}/{sha256[:2]}/{sha256}"
 
 
+def touch_lag(rack: Rack) -> int:
+    """Seconds a content's or a tree's last use may be recorded late: a tenth of the retention, at most an
+    hour. The sweep keeps what was used within the retention, so it never sees the lag, and a tree asked
+    about again soon after (each build asks twice) does not rewrite every row it names."""
+    return min(3600, rack.settings.source_retention // 10)
+
+
 def missing(rack: Rack, app: str, shas: list[str]) -> list[str]:
     """Return the contents (in the order asked, once each) the app lacks; the others count as used now."""
     unique = list(dict.fromkeys(shas))
     with rack.db.transaction() as conn:
-        present = sql.touch_present(conn, app=app, shas=unique)
+        present = sql.touch_present(conn, app=app, shas=unique, lag=touch_lag(rack))
     return [sha for sha in unique if sha not in present]
 
 
@@ -60,9 +67,9 @@ def create_tree(rack: Rack, app: str, data: bytes) -> dict:
     digest = tree.digest(entries)
     size = sum(e.size for e in files)
     with rack.db.transaction() as conn:
-        sql.put_tree(
-            conn, app=app, digest=digest, entries=[_wire(e) for e in entries], files=len(files), size=size
-        )
+        if not sql.touch_tree(conn, app=app, digest=digest, lag=touch_lag(rack)):
+            entries_json = [_wire(e) for e in entries]
+            sql.put_tree(conn, app=app, digest=digest, entries=entries_json, files=len(files), size=size)
     return {"Url": tree.url(app, digest), "files": len(files), "bytes": size, "missing": []}
 
 

@@ -7,14 +7,17 @@ from psycopg2.extras import Json, execute_values
 from rack.db import fetchall, fetchone
 
 
-def touch_present(conn, *, app: str, shas: list[str]) -> set[str]:
-    """Mark the named contents as just used; return those the app has."""
-    rows = fetchall(
-        conn,
-        "UPDATE source_contents SET used = now() WHERE app = %s AND sha256 = ANY(%s) RETURNING sha256",
-        (app, shas),
-    )
-    return {row["sha256"] for row in rows}
+def touch_present(conn, *, app: str, shas: list[str], lag: int = 0) -> set[str]:
+    """Mark the named contents as just used (those marked within `lag` seconds are left as they are);
+    return those the app has."""
+    with conn.cursor() as cur:  # plain tuples: a tree's thousands of rows as dicts cost more than the query
+        cur.execute(
+            "WITH touched AS (UPDATE source_contents SET used = now() WHERE app = %(app)s"
+            "  AND sha256 = ANY(%(shas)s) AND used < now() - %(lag)s * interval '1 second')"
+            " SELECT sha256 FROM source_contents WHERE app = %(app)s AND sha256 = ANY(%(shas)s)",
+            {"app": app, "shas": shas, "lag": lag},
+        )
+        return {sha for (sha,) in cur}
 
 
 def add_contents(conn, *, app: str, pack: str, contents: list[tuple[str, int, int]]) -> None:
@@ -46,6 +49,18 @@ def packs_in_use(conn, *, app: str, packs: list[str]) -> set[str]:
         (app, packs),
     )
     return {row["pack"] for row in rows}
+
+
+def touch_tree(conn, *, app: str, digest: str, lag: int = 0) -> bool:
+    """Mark a recorded tree as just used (unless marked within `lag` seconds); False when it is unknown."""
+    row = fetchone(
+        conn,
+        "WITH touched AS (UPDATE source_trees SET used = now() WHERE app = %(app)s AND digest = %(digest)s"
+        "  AND used < now() - %(lag)s * interval '1 second')"
+        " SELECT 1 AS known FROM source_trees WHERE app = %(app)s AND digest = %(digest)s",
+        {"app": app, "digest": digest, "lag": lag},
+    )
+    return row is not None
 
 
 def put_tree(conn, *, app: str, digest: str, entries: list[dict], files: int, size: int) -> None:
