@@ -50,7 +50,7 @@ class Settings:
     log_format: str = "text"  # the rack's own log lines: "text" or "json"
     keep_sources: bool = False  # keep a build's uploaded source after it ends (for debugging)
     build_dir: str = ""  # where workers make build folders; "" is <tmp>/rack-builds
-    fast_push: bool = True  # images mostly made by the build go up with skopeo at a fast gzip level
+    fast_push: bool = True  # images mostly made by the build stream from the engine's save (layers.py)
     manifest_max_bytes: int = 1024 * 1024
     form_max_bytes: int = 1024 * 1024  # a request's form parameters, all together
     env_max_value_bytes: int = 64 * 1024  # one environment value

@@ -1,4 +1,5 @@
-"""The rack's registry over its HTTP API (distribution v2): list an app's tags, remove tags a build left.
+"""The rack's registry over its HTTP API (distribution v2): list an app's tags, remove tags a build left,
+upload a blob streamed from an iterable and put a manifest.
 
 The registry deletes manifests by digest, and a digest may stand behind several tags (an unchanged
 service built twice gives the same image): a tag is removed by deleting its digest and putting the same
@@ -8,7 +9,10 @@ manifest back under the tags that stay (its blobs are untouched, so that costs n
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
+from urllib.parse import urljoin
 
 import requests
 
@@ -43,10 +47,54 @@ class Registry:
         self.session.close()
 
     def _call(self, method: str, path: str, **kw) -> requests.Response:
+        return self._at(method, f"{self.base}/{path}", **kw)
+
+    def _at(self, method: str, url: str, **kw) -> requests.Response:
         try:
-            return self.session.request(method, f"{self.base}/{path}", timeout=TIMEOUT, **kw)
+            return self.session.request(method, url, timeout=TIMEOUT, **kw)
         except requests.RequestException as exc:
             raise BadGateway(f"the registry is unreachable: {exc}") from exc
+
+    def upload(self, repository: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """Upload one blob as `chunks` come (one streamed request, nothing held); return its digest and
+        size. Whatever `chunks` raises stops the upload, which is then cancelled."""
+        r = self._call("POST", f"{repository}/blobs/uploads/")
+        if r.status_code != 202 or "Location" not in r.headers:
+            raise BadGateway(f"starting an upload to {repository}: HTTP {r.status_code}")
+        location = urljoin(self.base, r.headers["Location"])
+        hashed, size = hashlib.sha256(), 0
+
+        def body() -> Iterable[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                hashed.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        try:
+            r = self._at("PATCH", location, data=body(), headers={"Content-Type": "application/octet-stream"})
+            if r.status_code != 202 or "Location" not in r.headers:
+                raise BadGateway(f"uploading to {repository}: HTTP {r.status_code} {r.text[:200]}")
+            digest = f"sha256:{hashed.hexdigest()}"
+            r = self._at("PUT", urljoin(self.base, r.headers["Location"]), params={"digest": digest})
+            if r.status_code != 201:
+                raise BadGateway(f"completing an upload to {repository}: HTTP {r.status_code} {r.text[:200]}")
+        except BaseException:
+            try:
+                self.session.delete(location, timeout=TIMEOUT)
+            except requests.RequestException:
+                log.warning("an upload to %s could not be cancelled", repository, exc_info=True)
+            raise
+        return digest, size
+
+    def put_manifest(self, repository: str, tag: str, body: bytes, media_type: str) -> str:
+        """Put a manifest under a tag; return its digest."""
+        r = self._call(
+            "PUT", f"{repository}/manifests/{tag}", data=body, headers={"Content-Type": media_type}
+        )
+        if r.status_code != 201:
+            raise BadGateway(f"putting the manifest {repository}:{tag}: HTTP {r.status_code} {r.text[:200]}")
+        return r.headers.get("Docker-Content-Digest") or f"sha256:{hashlib.sha256(body).hexdigest()}"
 
     def tags(self, repository: str) -> list[str]:
         """Return the repository's tags ([] when it has none or does not exist)."""

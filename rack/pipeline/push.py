@@ -1,28 +1,24 @@
-"""Push a service's image to the rack's registry: with the engine, or with skopeo when most of it is new.
+"""Push a service's image to the rack's registry: with the engine, or streamed from its save when most
+of it is new.
 
 The engine's push gzips each layer the registry lacks at gzip's default level on one core, about 20 MB/s
-on a loaded 2-core worker, so the 100 MB layer of a large `COPY` costs seconds. skopeo reads the whole
-image from the engine (`docker save`), compresses at a fast level on every core and skips the layers the
-registry has, which is cheaper once the layers this build made are at least half the image and more than
+on a loaded 2-core worker, so the 100 MB layer of a large `COPY` costs seconds. layers.py streams the
+whole image from the engine (`docker save`) into the registry, gzipping at a fast level only layers that
+shrink, which is cheaper once the layers this build made are at least half the image and more than
 FAST_MIN. An image on a large base whose layers the registry has stays with the engine's push, which
-reads only the new layers. `RACK_FAST_PUSH=false`, or a worker without skopeo, always uses the engine.
+reads only the new layers. `RACK_FAST_PUSH=false` always uses the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import docker.errors
 
-from rack import skopeo
-from rack.errors import BadGateway, BuildPlatformError, Unavailable
+from rack.pipeline import layers
 from rack.pipeline.engine.classic import Engine, drain, engine_errors
-from rack.reasons import Reason
 
-FAST_LEVEL = 1
 FAST_MIN = 32 * 1024 * 1024
 
 
@@ -56,36 +52,13 @@ def push(
     *,
     previous: str | None,
     since: float,
-    scratch: Path,
     check: Callable[[], None],
     write: Callable[[str], None],
 ) -> str:
     """Push the image and return the digest the registry gave it."""
-    settings = engine.settings
-    if settings.fast_push and shutil.which("skopeo"):  # a worker without skopeo pushes with the engine
+    if engine.settings.fast_push:
         new, total = new_layers(engine, tag, previous=previous, since=since)
         if new >= FAST_MIN and 2 * new >= total:
-            write(
-                f"({new / 1e6:.0f} MB of {total / 1e6:.0f} MB new: skopeo copies it at gzip level"
-                f" {FAST_LEVEL})\n"
-            )
-            return _skopeo(settings, tag, scratch=scratch, check=check)
+            write(f"({new / 1e6:.0f} MB of {total / 1e6:.0f} MB new: streamed from the engine)\n")
+            return layers.push(engine, tag, check=check)
     return drain(engine.push(tag, check=check), write)
-
-
-def _skopeo(settings, tag: str, *, scratch: Path, check: Callable[[], None]) -> str:
-    creds = {settings.registry: (settings.registry_username, settings.registry_password)}
-    options = ["--src-daemon-host", settings.docker_host,
-               "--dest-compress-format", "gzip", "--dest-compress-level", str(FAST_LEVEL)]  # fmt: skip
-    try:
-        digest = skopeo.copy(
-            f"docker-daemon:{tag}", f"docker://{tag}", creds=creds, what=f"pushing {tag} failed",
-            timeout=None, options=options, scratch=scratch, check=check,
-        )  # fmt: skip
-    except Unavailable:
-        raise BuildPlatformError(Reason.REGISTRY, "skopeo is not installed on this worker") from None
-    except BadGateway as exc:
-        raise BuildPlatformError(Reason.REGISTRY, exc.message) from None
-    if not digest:
-        raise BuildPlatformError(Reason.REGISTRY, f"pushing {tag} gave no digest")
-    return digest

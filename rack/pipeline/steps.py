@@ -312,7 +312,6 @@ class BuildRun:
                 tag,
                 previous=None if service.image else (self.previous.get(service.name) or {}).get("image"),
                 since=self.began - 2,  # history times are whole seconds
-                scratch=self.scratch,
                 check=self.check,
                 write=write,
             )
