@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cli import dockerignore
+
 CHUNK = 1024 * 1024
 GZIP_LEVEL = 1
 SAMPLE_FILES = 16  # files sampled to tell whether the tree compresses
@@ -31,17 +33,22 @@ def read_dockerignore(root: str | os.PathLike) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def source_files(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[str]:
-    """List the paths (files and folders, relative to `root`) that go into the build context.
+def source_entries(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[tuple[str, os.DirEntry]]:
+    """List the paths (files and folders, relative to `root`, sorted) that go into the build context, each
+    with its directory entry (whose lstat is already made).
 
-    Docker's rules come from the docker SDK's matcher. Like `docker build`, the root Dockerfile and
-    `.dockerignore` are always sent; so is the manifest, without which the rack could not build at all.
+    Docker's rules, chosen as the docker SDK chooses them (`cli.dockerignore`). Like `docker build`, the
+    root Dockerfile and `.dockerignore` are always sent; so is the manifest, without which the rack could
+    not build at all.
     """
     patterns = read_dockerignore(root)
     keep = [f"!{manifest}"] if manifest and not os.path.isabs(manifest) else []
-    from docker.utils.build import exclude_paths  # imported when packaging: keeps other commands quick
+    return dockerignore.walk(str(root), [*patterns, *keep])
 
-    return sorted(exclude_paths(str(root), [*patterns, *keep]))
+
+def source_files(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[str]:
+    """List the paths (files and folders, relative to `root`, sorted) that go into the build context."""
+    return [path for path, _ in source_entries(root, manifest=manifest)]
 
 
 def package(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> BinaryIO:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.client import RackClient, check, short
-from cli.source import CHUNK, source_files
+from cli.source import CHUNK, source_entries
 
 if TYPE_CHECKING:  # imported when a build uploads: `convox --version` starts sooner
     import requests
@@ -78,7 +78,9 @@ def human(n: float) -> str:
 
 
 class HashCache:
-    """Remembered sha256s of files by path, size, mtime and inode, as git's index does, in the config folder.
+    """Remembered sha256s of files by path, size, mtime, inode and ctime, as git's index does, in the config
+    folder. The ctime catches a rewrite that put the old mtime back (`touch -r`, tools keeping times):
+    only the kernel sets it.
 
     A file changed within RACY seconds of its hashing is not remembered: its mtime could repeat.
     """
@@ -98,15 +100,14 @@ class HashCache:
 
     def sha256(self, full: str, st: os.stat_result) -> str | None:
         known = self.entries.get(full)
-        key = [st.st_size, st.st_mtime_ns, st.st_ino]
-        if isinstance(known, list) and known[:3] == key:
+        if isinstance(known, list) and known[:4] == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
             self.fresh[full] = known
-            return known[3]
+            return known[4]
         return None
 
     def remember(self, full: str, st: os.stat_result, sha: str) -> None:
         if time.time() - st.st_mtime > self.RACY:
-            self.fresh[full] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
+            self.fresh[full] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha]
 
     def save(self) -> None:
         if self.path is None:
@@ -114,12 +115,14 @@ class HashCache:
         kept = {k: v for k, v in self.entries.items() if k not in self.fresh}
         room = max(0, self.LIMIT - len(self.fresh))
         merged = {**dict(list(kept.items())[max(0, len(kept) - room) :] if room else []), **self.fresh}
+        if list(merged.items()) == list(self.entries.items()):
+            return  # nothing new, and this scan's entries already last: the file would be the same
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                json.dump(merged, out, separators=(",", ":"))
+                out.write(json.dumps(merged, separators=(",", ":")))  # json.dump's chunks are slower
             os.replace(tmp, self.path)
         except OSError:
             pass  # a cache that cannot be written costs only the next scan's hashing
@@ -135,9 +138,9 @@ def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml", cache: P
         raise NotADirectoryError(f"not a folder: {directory}")
     known = HashCache(cache)
     tree = Tree(root=root)
-    for rel in source_files(root, manifest=manifest):
-        full = os.path.join(root, rel)
-        st = os.lstat(full)
+    for rel, found in source_entries(root, manifest=manifest):
+        full = found.path
+        st = found.stat(follow_symlinks=False)
         entry: dict = {"path": rel, "mode": stat.S_IMODE(st.st_mode), "mtime": max(0, int(st.st_mtime))}
         if stat.S_ISLNK(st.st_mode):
             entry.update(type="link", link=os.readlink(full))

@@ -70,6 +70,56 @@ def test_manifest_dockerfile_and_dockerignore_are_always_sent(tmp_path):
     }
 
 
+AWKWARD = {  # names that patterns treat specially: case, dots, brackets, stars, spaces, deep folders
+    "Dockerfile": "FROM busybox\n",
+    "convox.yml": "services: {}\n",
+    "App.PY": "x",
+    "a/b/c/d.txt": "x",
+    "a/b/keep.txt": "x",
+    "a/B/x.log": "x",
+    "build/out/bin": "x",
+    "build/out/keep/me": "x",
+    "docs/[draft].md": "x",
+    "docs/star*name": "x",
+    "docs/q?.txt": "x",
+    "docs/with space.txt": "x",
+    ".hidden/file": "x",
+    ".env": "x",
+    "node_modules/pkg/index.js": "x",
+    "src/node_modules/pkg/index.js": "x",
+    "src/main.go": "x",
+    "src/main_test.go": "x",
+    "deep/1/2/3/4/5/leaf.tmp": "x",
+}
+
+IGNORES = [
+    "",
+    "*\n!src\n",
+    "*\n!a/b/keep.txt\n",
+    "a\n!a/b\na/b/c\n",
+    "**/*.tmp\n**/node_modules\n!src/node_modules/pkg\n",
+    "*.py\n*.PY\n[a-c]*\n!App.PY\n",
+    "docs/[[]draft].md\ndocs/star\\*name\ndocs/q?.txt\ndocs/with space.txt\n",
+    "docs/[!w]*\ndocs/[^q]*\ndocs/[\n",
+    "./build/../build/out\n!build/out/keep\n/.hidden/\n.env\n",
+    "build/**\n!build/**/me\n**\n!**/*.go\n",
+    "src/*_test.go\n  deep  \n!deep/1/2\n!Dockerfile\nconvox.yml\n",
+    "a/?/\nA/b\n.\n..\n!\n",
+]
+
+
+@pytest.mark.parametrize("ignore", IGNORES)
+def test_dockerignore_selection_is_the_docker_sdks(tmp_path, ignore):
+    from docker.utils.build import exclude_paths
+
+    root = write_app(tmp_path / "ctx", {**AWKWARD, ".dockerignore": ignore})
+    os.symlink("a/b", root / "link-to-dir")
+    os.symlink("missing", root / "dangling")
+    os.symlink("../outside", root / "a" / "up")
+    expected = sorted(exclude_paths(str(root), [*read_dockerignore(root), "!convox.yml"]))
+    assert source_files(root) == expected
+
+
 def test_no_dockerignore_sends_everything_and_keeps_modes_and_links(tmp_path):
     root = write_app(tmp_path / "ctx", {"run.sh": "#!/bin/sh\n", "data/x": "1"})
     os.chmod(root / "run.sh", 0o755)
@@ -169,3 +219,29 @@ def test_scan_hashes_only_files_changed_since_the_last_scan(tmp_path):
     os.utime(root / "f3", (old + 5, old + 5))
     assert sources.scan(root, cache=cache).hashed == 1
     assert sources.scan(root, cache=cache).hashed == 0
+    saved = os.stat(cache).st_mtime_ns
+    os.utime(cache, ns=(saved - 10**9, saved - 10**9))
+    assert sources.scan(root, cache=cache).hashed == 0
+    assert os.stat(cache).st_mtime_ns == saved - 10**9  # nothing new: the cache is not written again
+
+
+def test_scan_sees_a_same_size_rewrite_that_put_the_old_mtime_back(tmp_path):
+    from cli import sources
+
+    root = write_app(tmp_path / "ctx", {"f": "version 1\n"})
+    old = 1_700_000_000_123_456_789
+    os.utime(root / "f", ns=(old, old))
+    cache = tmp_path / "hashes.json"
+    assert sources.scan(root, cache=cache).hashed == 1
+    assert sources.scan(root, cache=cache).hashed == 0
+    inode = os.stat(root / "f").st_ino
+    with open(root / "f", "r+") as fh:  # in place: same inode, same size
+        fh.write("version 2\n")
+    before = os.stat(root / "f").st_ctime_ns
+    os.utime(root / "f", ns=(old, old))  # as `touch -r` or a tool that keeps times would
+    while os.stat(root / "f").st_ctime_ns == before:  # file times move in clock ticks (up to 10 ms)
+        os.utime(root / "f", ns=(old, old))
+    assert (os.stat(root / "f").st_ino, os.stat(root / "f").st_mtime_ns) == (inode, old)
+    again = sources.scan(root, cache=cache)
+    assert again.hashed == 1  # the ctime moved: only the kernel sets it
+    assert again.entries[0]["sha256"] == hashlib.sha256(b"version 2\n").hexdigest()
