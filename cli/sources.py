@@ -224,8 +224,9 @@ def send(
 ) -> Sent | None:
     """Upload the contents the rack lacks and return the tree's URL; None when the rack has no such routes."""
     first: list[str] | None = None
+    listing = tree.body()  # the same bytes each time it is asked for
     for _ in range(ATTEMPTS):
-        answer = _post_tree(client, app, tree)
+        answer = _post_tree(client, app, listing)
         if answer is None:
             return None
         missing = answer.get("missing") or []
@@ -246,8 +247,8 @@ def send(
     raise click.ClickException(f"the upload to {client.endpoint.url} was cut {ATTEMPTS} times; try again")
 
 
-def _post_tree(client: RackClient, app: str, tree: Tree) -> dict | None:
-    resp = _request(client, f"/apps/{app}/sources", tree.body(), "application/json")
+def _post_tree(client: RackClient, app: str, listing: bytes) -> dict | None:
+    resp = _request(client, f"/apps/{app}/sources", listing, "application/json")
     if resp is None:
         raise click.ClickException(f"the rack at {client.endpoint.url} did not answer the source listing")
     if resp.status_code in (404, 405):  # a rack without content-addressed sources (the app was checked)
