@@ -5,7 +5,7 @@ tries every pattern on every path and on every prefix of its parent. This walk m
 in one `os.scandir` pass: each pattern is compiled once (by the SDK's own translation, below), a
 parent's prefixes are matched once per folder rather than once per entry, the last matching pattern
 decides (as the SDK's loop does, which lets the last match win), and with no excluding pattern nothing
-is matched at all. Each entry keeps the lstat scandir made, so the caller need not stat it again.
+is matched at all. Whether an entry is a folder comes from the listing itself (d_type), not a stat call.
 tests/test_source_packaging.py compares the two on a tree of awkward names and patterns.
 """
 
@@ -89,8 +89,8 @@ def translate(pat: str) -> str:
     return res + "$"
 
 
-def walk(root: str, lines: list[str]) -> list[tuple[str, os.DirEntry[str]]]:
-    """Return the (path relative to root, entry) of every file and folder the lines leave in, sorted.
+def walk(root: str, lines: list[str]) -> list[str]:
+    """Return the path (relative to root) of every file and folder the lines leave in, sorted.
 
     `lines` are the `.dockerignore` lines plus the `!` exceptions the caller always sends; the SDK's
     own `!Dockerfile` and `!.dockerignore` are added here, as `exclude_paths` adds them.
@@ -99,7 +99,7 @@ def walk(root: str, lines: list[str]) -> list[tuple[str, os.DirEntry[str]]]:
     excluding = any(not p.exclusion for p in patterns)
     exceptions = [p.cleaned for p in patterns if p.exclusion]
     last_first = patterns[::-1]
-    found: list[tuple[str, os.DirEntry[str]]] = []
+    found: list[str] = []
 
     def visit(folder: str, prefix: str, parents: list[str]) -> None:
         # a pattern of k components also matches an entry whose parent's first k components it matches
@@ -113,7 +113,7 @@ def walk(root: str, lines: list[str]) -> list[tuple[str, os.DirEntry[str]]]:
             path = prefix + entry.name
             matched = excluding and _matches(path.lower(), last_first, by_parent)
             if not matched:
-                found.append((path, entry))
+                found.append(path)
             if not entry.is_dir(follow_symlinks=False):
                 continue
             if matched and not any(cleaned.startswith(path) for cleaned in exceptions):
@@ -121,7 +121,7 @@ def walk(root: str, lines: list[str]) -> list[tuple[str, os.DirEntry[str]]]:
             visit(entry.path, path + "/", [*parents, entry.name])
 
     visit(root, "", [])
-    found.sort(key=lambda item: item[0])
+    found.sort()
     return found
 
 

@@ -33,9 +33,8 @@ def read_dockerignore(root: str | os.PathLike) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def source_entries(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[tuple[str, os.DirEntry]]:
-    """List the paths (files and folders, relative to `root`, sorted) that go into the build context, each
-    with its directory entry (whose lstat is already made).
+def source_files(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[str]:
+    """List the paths (files and folders, relative to `root`, sorted) that go into the build context.
 
     Docker's rules, chosen as the docker SDK chooses them (`cli.dockerignore`). Like `docker build`, the
     root Dockerfile and `.dockerignore` are always sent; so is the manifest, without which the rack could
@@ -44,11 +43,6 @@ def source_entries(root: str | os.PathLike, *, manifest: str = "convox.yml") -> 
     patterns = read_dockerignore(root)
     keep = [f"!{manifest}"] if manifest and not os.path.isabs(manifest) else []
     return dockerignore.walk(str(root), [*patterns, *keep])
-
-
-def source_files(root: str | os.PathLike, *, manifest: str = "convox.yml") -> list[str]:
-    """List the paths (files and folders, relative to `root`, sorted) that go into the build context."""
-    return [path for path, _ in source_entries(root, manifest=manifest)]
 
 
 def package(directory: str | os.PathLike, *, manifest: str = "convox.yml") -> BinaryIO:

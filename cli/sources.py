@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.client import RackClient, check, short
-from cli.source import CHUNK, source_entries
+from cli.source import CHUNK, source_files
 
 if TYPE_CHECKING:  # imported when a build uploads: `convox --version` starts sooner
     import requests
@@ -115,7 +115,8 @@ class HashCache:
         kept = {k: v for k, v in self.entries.items() if k not in self.fresh}
         room = max(0, self.LIMIT - len(self.fresh))
         merged = {**dict(list(kept.items())[max(0, len(kept) - room) :] if room else []), **self.fresh}
-        if list(merged.items()) == list(self.entries.items()):
+        same = len(merged) == len(self.entries)
+        if same and all(a == b for a, b in zip(merged.items(), self.entries.items(), strict=True)):
             return  # nothing new, and this scan's entries already last: the file would be the same
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +139,9 @@ def scan(directory: str | os.PathLike, *, manifest: str = "convox.yml", cache: P
         raise NotADirectoryError(f"not a folder: {directory}")
     known = HashCache(cache)
     tree = Tree(root=root)
-    for rel, found in source_entries(root, manifest=manifest):
-        full = found.path
-        st = found.stat(follow_symlinks=False)
+    for rel in source_files(root, manifest=manifest):
+        full = os.path.join(root, rel)
+        st = os.lstat(full)
         entry: dict = {"path": rel, "mode": stat.S_IMODE(st.st_mode), "mtime": max(0, int(st.st_mtime))}
         if stat.S_ISLNK(st.st_mode):
             entry.update(type="link", link=os.readlink(full))
