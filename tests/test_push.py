@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -104,5 +105,23 @@ def test_a_layer_that_shrinks_is_gzipped_and_a_cancel_stops_the_stream(docker_st
                 assert registry.tags("textapp") == ["web.one"]
         finally:
             engine.close()
+    finally:
+        client.close()
+
+
+def test_a_registry_that_refuses_the_push_fails_it_as_the_registry(docker_stack, rack):
+    client = docker_stack.docker()
+    tag = f"{rack.settings.registry}/refused:web.one"
+    try:
+        client.images.get("busybox").tag(f"{rack.settings.registry}/refused", "web.one")
+        engine = Engine(replace(rack.settings, registry_password="not-the-password"))
+        try:
+            with pytest.raises(BuildPlatformError, match="HTTP 401") as failed:
+                layers.push(engine, tag, check=lambda: None)
+            assert failed.value.code == Reason.REGISTRY
+        finally:
+            engine.close()
+        with Registry(rack.settings) as registry:
+            assert registry.tags("refused") == []
     finally:
         client.close()
