@@ -2,10 +2,11 @@
 
 The SDK's `exclude_paths` (docker/utils/build.py) walks the folder with two stat calls per entry and
 tries every pattern on every path and on every prefix of its parent. This walk makes the same choices
-in one `os.scandir` pass: each pattern is compiled once (by the SDK's own translation, below), a
-parent's prefixes are matched once per folder rather than once per entry, the last matching pattern
-decides (as the SDK's loop does, which lets the last match win), and with no excluding pattern nothing
-is matched at all. Whether an entry is a folder comes from the listing itself (d_type), not a stat call.
+in one `os.scandir` pass: each pattern is read by the SDK's own `Pattern` and compiled once by its own
+`fnmatch.translate`, a parent's prefixes are matched once per folder rather than once per entry, the
+last matching pattern decides (as the SDK's loop does, which lets the last match win), and with no
+excluding pattern nothing is matched at all. Whether an entry is a folder comes from the listing
+itself (d_type), not a stat call.
 tests/test_source_packaging.py compares the two on a tree of awkward names and patterns.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Pattern:
-    """One `.dockerignore` line as the SDK reads it: `!` for an exception, path components cleaned."""
+    """One `.dockerignore` line as the SDK reads it (its own `Pattern`), with its regex compiled once."""
 
     exclusion: bool
     dirs: tuple[str, ...]
@@ -27,66 +28,11 @@ class Pattern:
 
     @classmethod
     def parse(cls, line: str) -> Pattern:
-        exclusion = line.startswith("!")
-        dirs = _normalize(line[1:] if exclusion else line)
-        cleaned = "/".join(dirs)
-        return cls(exclusion, tuple(dirs), cleaned, re.compile(translate(cleaned.lower())))
+        from docker.utils import build, fnmatch  # imported when packaging: keeps other commands quick
 
-
-def _normalize(pattern: str) -> list[str]:
-    """Components without `.`, each `..` removing the one before it (docker's Pattern.normalize)."""
-    split = [part for part in pattern.strip().split("/") if part and part != "."]
-    i = 0
-    while i < len(split):
-        if split[i] == "..":
-            del split[i]
-            if i > 0:
-                del split[i - 1]
-                i -= 1
-        else:
-            i += 1
-    return split
-
-
-def translate(pat: str) -> str:
-    """A shell pattern as a regular expression, as docker/utils/fnmatch.py translates it (`**` spans
-    folders, `*` and `?` do not, `[...]` sets, no escapes)."""
-    i, n = 0, len(pat)
-    res = "^"
-    while i < n:
-        c = pat[i]
-        i += 1
-        if c == "*":
-            if i < n and pat[i] == "*":
-                i += 1
-                if i < n and pat[i] == "/":  # `**/` is `**`
-                    i += 1
-                res += ".*" if i >= n else "(.*/)?"
-            else:
-                res += "[^/]*"
-        elif c == "?":
-            res += "[^/]"
-        elif c == "[":
-            j = i
-            if j < n and pat[j] == "!":
-                j += 1
-            if j < n and pat[j] == "]":
-                j += 1
-            while j < n and pat[j] != "]":
-                j += 1
-            if j >= n:
-                res += "\\["
-            else:
-                stuff = pat[i:j].replace("\\", "\\\\")
-                i = j + 1
-                if stuff[0] == "!":
-                    stuff = "^" + stuff[1:]
-                elif stuff[0] == "^":
-                    stuff = "\\" + stuff
-                res += f"[{stuff}]"
-        else:
-            res += re.escape(c)
-    return res + "$"
+        read = build.Pattern(line)
+        cleaned = read.cleaned_pattern
+        return cls(read.exclusion, tuple(read.dirs), cleaned, re.compile(fnmatch.translate(cleaned.lower())))
 
 
 def walk(root: str, lines: list[str]) -> list[str]:
