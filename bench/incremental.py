@@ -6,8 +6,9 @@ Starts a private stack (Postgres, Redis, dockerd, registry, the API under gunico
 temp folder and generates two apps of the same shape (`FROM busybox`, `COPY . /app`, 2,000 files of
 random data): one for each side, so neither finds the other's layers in the engine's cache. The first
 build starts once the generated files are older than the CLI's hash cache's racy window (2 s), as a real
-folder's are; otherwise "one file changed" would hash again the files written in the last 2 s. For each
-scenario, side by side:
+folder's are; otherwise "one file changed" would hash again the files written in the last 2 s. Before
+each side's run, what the last run wrote is flushed to disk (`sync`, untimed), so neither side pays for
+the other's writeback. For each scenario, side by side:
 - rack: `convox build` as a user runs it (a new process: hash, send what is missing, build, follow the log);
 - floor: `tar cf` of the folder, its upload to the rack's objects API, then a bare
   `DOCKER_BUILDKIT=1 docker build` of the folder and a push of the image: what any build must do with
@@ -21,6 +22,7 @@ engine's own push.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -121,6 +123,13 @@ def floor(stack: Stack, folder: Path, app: str, n: int, api, work: Path) -> tupl
     return time.perf_counter() - began, "floor: " + " ".join(f"{k}={v:.2f}" for k, v in parts.items())
 
 
+def settle() -> None:
+    """Write out what the last run left in the page cache, untimed, so that the disk writing it back
+    (hundreds of MB each side) does not fall in the other side's time."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds, each on two newly generated apps")
@@ -160,13 +169,17 @@ def main() -> None:
                     change_one(other, n + 1)
                 # alternate which side goes first, so neither always meets the engine right after the other
                 if step % 2:
+                    settle()
                     took, parts[name] = floor(stack, other, theirs, 10 * n + step, client.api, home)
                     times[name][1].append(took)
+                    settle()
                     took, sent[name] = convox_build(stack, mine, ours)
                     times[name][0].append(took)
                 else:
+                    settle()
                     took, sent[name] = convox_build(stack, mine, ours)
                     times[name][0].append(took)
+                    settle()
                     took, parts[name] = floor(stack, other, theirs, 10 * n + step, client.api, home)
                     times[name][1].append(took)
             shutil.rmtree(mine)
