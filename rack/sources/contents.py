@@ -34,8 +34,10 @@ def key(app: str, sha256: str) -> str:
 
 def touch_lag(rack: Rack) -> int:
     """Seconds a content's or a tree's last use may be recorded late: a tenth of the retention, at most an
-    hour. The sweep keeps what was used within the retention, so it never sees the lag, and a tree asked
-    about again soon after (each build asks twice) does not rewrite every row it names."""
+    hour, so a tree asked about again soon after (each build asks twice) does not rewrite every row it
+    names. What a build used is still kept for the whole retention (the sweep goes by the build's start,
+    recorded exactly); a content or tree only asked about, with no build made from it, is kept for at
+    least nine tenths of it."""
     return min(3600, rack.settings.source_retention // 10)
 
 
