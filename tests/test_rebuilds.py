@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rack import apps, releases
+from rack import apps, registry, releases
 from rack.builds import record as builds
 from rack.pipeline import run as pipeline
+from rack.registry import Registry
 from rack.sources import contents
 from tests.helpers import build, build_log, lose_content, run_image, send_tree, write_app
 
@@ -106,3 +107,15 @@ def test_a_changed_file_build_arg_base_image_or_no_cache_builds_for_real(rrack, 
         assert run_image(client, rebuilt["images"]["web"]["image"], "cat", "/base") == "newer\n"
     finally:
         client.close()
+
+
+def test_an_earlier_build_whose_images_left_the_registry_is_not_reused(rrack, folder):
+    first, _ = send_and_build(rrack, folder, build_args=["GREETING=hi"])
+    # every tag of the repository goes (an earlier test's identical image would keep the digest held)
+    assert registry.remove_app(rrack.settings, "myapp")
+    again, sent = send_and_build(rrack, folder, build_args=["GREETING=hi"])
+    assert sent == 0 and again["inputs"] == first["inputs"]
+    assert reused(rrack, again) is None  # built for real: a reuse would point at an image that is gone
+    with Registry(rrack.settings) as held:
+        tag = again["images"]["web"]["image"].rsplit(":", 1)[1]
+        assert held.digest("myapp", tag) == again["images"]["web"]["digest"]

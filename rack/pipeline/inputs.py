@@ -11,19 +11,19 @@ the tree and asks `resolve` (the engine) for image ids.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import posixpath
 import stat
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rack.config import Settings
 from rack.context import Rack
+from rack.errors import BadGateway
 from rack.pipeline import dockerfile
+from rack.registry import Registry
 from rack.sql import builds as sql
 
 Resolve = Callable[[str], str | None]  # an image name -> the id the engine would build from, or None
@@ -126,16 +126,6 @@ def earlier_build(rack: Rack, *, app: str, inputs: str, build_id: str) -> dict |
     return row if row is not None and in_registry(rack.settings, row["images"]) else None
 
 
-_MANIFESTS = ", ".join(
-    [
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
-)
-
-
 def in_registry(settings: Settings, images: dict) -> bool:
     """Tell whether every image is in this rack's registry, by its digest (a HEAD of its manifest).
 
@@ -143,22 +133,14 @@ def in_registry(settings: Settings, images: dict) -> bool:
     the build then runs, which is never wrong.
     """
     prefix = settings.registry + "/"
-    headers = {"Accept": _MANIFESTS}
-    if settings.registry_username:
-        pair = f"{settings.registry_username}:{settings.registry_password}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-    for entry in images.values():
-        image, digest = entry.get("image", ""), entry.get("digest", "")
-        if not image.startswith(prefix) or not digest.startswith("sha256:"):
-            return False
-        name = image[len(prefix) :].rsplit(":", 1)[0]
-        request = urllib.request.Request(
-            f"http://{settings.registry}/v2/{name}/manifests/{digest}", method="HEAD", headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                if response.status != 200:
+    try:
+        with Registry(settings) as registry:
+            for entry in images.values():
+                image, digest = entry.get("image", ""), entry.get("digest", "")
+                if not image.startswith(prefix) or not digest.startswith("sha256:"):
                     return False
-        except (OSError, ValueError):  # URLError and HTTPError are OSErrors
-            return False
+                if registry.digest(image[len(prefix) :].rsplit(":", 1)[0], digest) is None:
+                    return False
+    except BadGateway:
+        return False
     return True
