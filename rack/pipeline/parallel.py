@@ -67,3 +67,14 @@ class Background:
         failed = next((f.exception() for f in self._futures if f.exception() is not None), None)
         if failed is not None and raising:
             raise failed
+
+
+def union(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The time spans (start, end) merged where they overlap, in order: what some of them covered."""
+    merged: list[tuple[float, float]] = []
+    for began, ended in sorted(spans):
+        if merged and began <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], ended))
+        else:
+            merged.append((began, ended))
+    return merged

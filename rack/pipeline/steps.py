@@ -277,15 +277,18 @@ class BuildRun:
         pushes = parallel.Background(limit)
         lock = threading.Lock()
         spans: list[tuple[float, float]] = []
+        retags: list[tuple[float, float]] = []  # build-phase time spent beside the pushes already going
         try:
             for service in services:
                 self.check()
                 tag = tags[service.name]
                 with self.phases.timing("build"):
+                    began = time.monotonic()
                     if service.image:
                         self.retag(service.image, tag, pull=True)
                     elif built[service.build_key] != tag:
                         self.retag(built[service.build_key], tag)
+                    retags.append((began, time.monotonic()))
                 if self.entrypoint is None and not service.image:
                     self.entrypoint = self.engine.entrypoint(tag)
                 pushes.submit(partial(self.push_image, service, tag, lock, spans, beside=limit > 1))
@@ -294,7 +297,7 @@ class BuildRun:
             pushes.wait(raising=False)  # no push of a failed build goes on after its tags are removed
             raise
         finally:
-            self._time_pushes(spans, lock)
+            self._time_pushes(spans, lock, besides=retags)
         self.images = {s.name: self.images[s.name] for s in services}  # in the manifest's order
         self.check()  # a cancel that came during the last push still wins
 
@@ -323,15 +326,17 @@ class BuildRun:
             with lock:
                 spans.append((began, time.monotonic()))
 
-    def _time_pushes(self, spans: list[tuple[float, float]], lock: threading.Lock) -> None:
-        """Record the push phase as the time some push was running (pushes side by side overlap)."""
+    def _time_pushes(
+        self, spans: list[tuple[float, float]], lock: threading.Lock, *, besides: list[tuple[float, float]]
+    ) -> None:
+        """Record the push phase as the time some push was running (pushes side by side overlap), less the
+        time the build phase already counted meanwhile (`besides`: a retag or a pull beside a push), so
+        no second counts in two phases."""
         with lock:
-            taken = list(spans)
-        covered, end = 0.0, float("-inf")
-        for began, ended in sorted(taken):
-            covered += max(0.0, ended - max(began, end))
-            end = max(end, ended)
-        self.phases.set("push", covered)
+            pushing = parallel.union(spans)
+        counted = parallel.union(besides)
+        both = sum(max(0.0, min(b, d) - max(a, c)) for a, b in pushing for c, d in counted)
+        self.phases.set("push", max(0.0, sum(b - a for a, b in pushing) - both))
 
     def fetch_source(self) -> None:
         """Extract the uploaded tarball, assemble the tree, or clone the git URL, into the source folder."""
