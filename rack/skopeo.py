@@ -14,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from rack.errors import BadGateway, Unavailable
@@ -22,7 +22,7 @@ from rack.scrub import scrub
 
 TIMEOUT = 1800  # seconds for one copy: Convox allows 30 minutes per image too
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
-POLL = 0.25  # seconds between looks at a deadline or a cancel while skopeo runs
+POLL = 0.25  # seconds between looks at the deadline while skopeo runs
 
 
 def host_of(reference: str) -> str:
@@ -63,22 +63,17 @@ def copy(
     creds: Mapping[str, tuple[str, str]] | None = None,
     what: str,
     timeout: int | None = TIMEOUT,
-    options: Sequence[str] = (),
-    scratch: Path | None = None,
-    check: Callable[[], None] | None = None,
 ) -> str:
-    """Copy `src` to `dest` (`docker://…`, `docker-daemon:…`, `oci-archive:…`, `docker-archive:…`); return
-    the pushed digest. skopeo's temporary files (a `docker-daemon:` image's whole copy) go in `scratch`;
-    `check` is called while it runs, and whatever it raises stops the copy."""
-    args = list(options)
+    """Copy `src` to `dest` (`docker://…`, `oci-archive:…`, `docker-archive:…`); return the pushed digest.
+    skopeo's temporary files go in a folder of the copy's own, removed afterwards."""
+    args = []
     for flag, ref in (("--src-tls-verify=false", src), ("--dest-tls-verify=false", dest)):
         if ref.startswith("docker://") and insecure(host_of(ref.removeprefix("docker://"))):
             args.append(flag)
-    folder = tempfile.TemporaryDirectory(prefix="rack-skopeo-", dir=scratch)
-    with folder as tmp, authfile(creds or {}) as auth:
+    with tempfile.TemporaryDirectory(prefix="rack-skopeo-") as tmp, authfile(creds or {}) as auth:
         digestfile = Path(tmp) / "digest"
         run(["copy", "--quiet", "--authfile", auth, "--digestfile", str(digestfile), *args, "--", src, dest],
-            what=what, timeout=timeout, tmp=tmp, check=check)  # fmt: skip
+            what=what, timeout=timeout, tmp=tmp)  # fmt: skip
         return digestfile.read_text().strip() if digestfile.exists() else ""
 
 
@@ -95,7 +90,6 @@ def run(
     what: str,
     timeout: int | None,
     tmp: str | None = None,
-    check: Callable[[], None] | None = None,
 ) -> bytes:
     """Run skopeo with `args`; its output, or BadGateway with its last words (Unavailable if missing)."""
     env = {**os.environ, "TMPDIR": tmp} if tmp else None
@@ -115,8 +109,6 @@ def run(
             except subprocess.TimeoutExpired:
                 if deadline is not None and time.monotonic() > deadline:
                     raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
-                if check is not None:
-                    check()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
