@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from rack.scrub import scrub
 
 TIMEOUT = 1800  # seconds for one copy: Convox allows 30 minutes per image too
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
-POLL = 0.25  # seconds between looks at the deadline while skopeo runs
 
 
 def host_of(reference: str) -> str:
@@ -62,7 +60,7 @@ def copy(
     *,
     creds: Mapping[str, tuple[str, str]] | None = None,
     what: str,
-    timeout: int | None = TIMEOUT,
+    timeout: int = TIMEOUT,
 ) -> str:
     """Copy `src` to `dest` (`docker://…`, `oci-archive:…`, `docker-archive:…`); return the pushed digest.
     skopeo's temporary files go in a folder of the copy's own, removed afterwards."""
@@ -88,7 +86,7 @@ def run(
     args: list[str],
     *,
     what: str,
-    timeout: int | None,
+    timeout: int,
     tmp: str | None = None,
 ) -> bytes:
     """Run skopeo with `args`; its output, or BadGateway with its last words (Unavailable if missing)."""
@@ -100,15 +98,10 @@ def run(
         )  # fmt: skip
     except FileNotFoundError:
         raise Unavailable("skopeo is not installed on this rack (Debian package skopeo)") from None
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while True:
-            try:
-                out, err = proc.communicate(timeout=POLL)
-                break
-            except subprocess.TimeoutExpired:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BadGateway(f"{what}: skopeo did not finish within {timeout} s") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -230,12 +230,10 @@ class BuildRun:
     inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
     phases: Phases = field(init=False)
     held: ExitStack = field(default_factory=ExitStack)  # the app's folder, while held
-    scratch: Path = field(init=False)  # the build's own folder, wherever the source ends up
     began: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.phases = Phases(self.rack, self.row["id"], process=self.watch.process)
-        self.scratch = self.src.parent
         self.began = time.time()
 
     @property
