@@ -51,6 +51,7 @@ class Settings:
     keep_sources: bool = False  # keep a build's uploaded source after it ends (for debugging)
     build_dir: str = ""  # where workers make build folders; "" is <tmp>/rack-builds
     fast_push: bool = True  # images mostly made by the build stream from the engine's save (layers.py)
+    direct_build: bool = True  # copy-only Dockerfiles' images written by the rack (pipeline/direct)
     manifest_max_bytes: int = 1024 * 1024
     form_max_bytes: int = 1024 * 1024  # a request's form parameters, all together
     env_max_value_bytes: int = 64 * 1024  # one environment value

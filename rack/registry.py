@@ -1,5 +1,5 @@
 """The rack's registry over its HTTP API (distribution v2): list an app's tags, remove tags a build left,
-upload a blob streamed from an iterable and put a manifest.
+upload a blob streamed from an iterable, read a manifest or a small blob, and put a manifest.
 
 The registry deletes manifests by digest, and a digest may stand behind several tags (an unchanged
 service built twice gives the same image): a tag is removed by deleting its digest and putting the same
@@ -10,6 +10,7 @@ manifest back under the tags that stay (its blobs are untouched, so that costs n
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from urllib.parse import urljoin
@@ -95,6 +96,33 @@ class Registry:
         if r.status_code != 201:
             raise BadGateway(f"putting the manifest {repository}:{tag}: HTTP {r.status_code} {r.text[:200]}")
         return r.headers.get("Docker-Content-Digest") or f"sha256:{hashlib.sha256(body).hexdigest()}"
+
+    def manifest(self, repository: str, reference: str, *, max_bytes: int = 4 << 20) -> dict | None:
+        """The manifest under a tag or digest, as JSON (None when the registry has none)."""
+        body = self._read(f"{repository}/manifests/{reference}", max_bytes, headers={"Accept": ACCEPT})
+        if body is None:
+            return None
+        try:
+            found = json.loads(body)
+        except ValueError:
+            raise BadGateway(f"the manifest {repository}:{reference} is not JSON") from None
+        return found if isinstance(found, dict) else None
+
+    def blob(self, repository: str, digest: str, *, max_bytes: int) -> bytes | None:
+        """A small blob's bytes (None when the repository has none; BadGateway past max_bytes)."""
+        return self._read(f"{repository}/blobs/{digest}", max_bytes)
+
+    def _read(self, path: str, max_bytes: int, **kw) -> bytes | None:
+        r = self._call("GET", path, stream=True, **kw)
+        with r:
+            if r.status_code == 404:
+                return None
+            if r.status_code != 200:
+                raise BadGateway(f"reading {path}: HTTP {r.status_code}")
+            body = r.raw.read(max_bytes + 1, decode_content=True)
+        if len(body) > max_bytes:
+            raise BadGateway(f"{path} is larger than {max_bytes} bytes")
+        return body
 
     def tags(self, repository: str) -> list[str]:
         """Return the repository's tags ([] when it has none or does not exist)."""

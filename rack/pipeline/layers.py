@@ -15,6 +15,7 @@ import json
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from rack.errors import BadGateway, BuildPlatformError
 from rack.pipeline.engine.classic import Engine, split_image
@@ -87,50 +88,68 @@ def layer_chunks(source, first: bytes) -> tuple[Iterator[bytes], str]:
     return (gzipped(), GZIP) if shrinks else (plain(), TAR)
 
 
+@dataclass
+class Saved:
+    """What `upload_saved` sent: the image's layer descriptors, in order, and its config."""
+
+    layers: list[dict]
+    config: bytes
+
+
+def upload_saved(
+    engine: Engine, image: str, registry: Registry, repository: str, *, check: Callable[[], None]
+) -> Saved:
+    """Upload every layer of the engine's image `image` to the repository as its save streams out;
+    return their descriptors and the image's config (not uploaded)."""
+    layers: dict[str, dict] = {}  # saved member name -> its descriptor in the manifest
+    configs: dict[str, bytes] = {}
+    listed: list[dict] = []  # the save's manifest.json
+    try:
+        stream = Chunks(saved(engine, image, check))
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as saving:  # type: ignore[call-overload]
+            for member in saving:
+                source = saving.extractfile(member) if member.isfile() else None
+                if source is None:
+                    continue
+                if member.name.endswith("/layer.tar"):
+                    chunks, media = layer_chunks(source, source.read(CHUNK))
+                    digest, size = registry.upload(repository, chunks)
+                    layers[member.name] = {"mediaType": media, "digest": digest, "size": size}
+                elif member.name == "manifest.json":
+                    listed = json.loads(_small(source, member))
+                elif "/" not in member.name and member.name.endswith(".json"):
+                    configs[member.name] = _small(source, member)
+        if len(listed) != 1 or listed[0].get("Config") not in configs:
+            raise BuildPlatformError(
+                Reason.ENGINE, f"the engine saved {image} without its manifest or config"
+            )
+        return Saved([layers[name] for name in listed[0].get("Layers") or []], configs[listed[0]["Config"]])
+    except (KeyError, tarfile.TarError, ValueError) as exc:
+        raise BuildPlatformError(
+            Reason.ENGINE, f"the engine's save of {image} could not be read: {exc}"
+        ) from None
+
+
+def manifest(config: dict, layers: list[dict], **fields) -> bytes:
+    """An OCI image manifest over a config's and layers' descriptors."""
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers, **fields}
+    ).encode()
+
+
 def push(engine: Engine, tag: str, *, check: Callable[[], None]) -> str:
     """Push the engine's image `tag` (`<registry>/<repository>:<tag>`) and return its manifest digest."""
     settings = engine.settings
     repository, reference = split_image(tag)
     repository = repository.removeprefix(f"{settings.registry}/")
-    layers: dict[str, dict] = {}  # saved member name -> its descriptor in the manifest
-    configs: dict[str, bytes] = {}
-    listed: list[dict] = []  # the save's manifest.json
     try:
         with Registry(settings) as registry:
-            stream = Chunks(saved(engine, tag, check))
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as saving:  # type: ignore[call-overload]
-                for member in saving:
-                    source = saving.extractfile(member) if member.isfile() else None
-                    if source is None:
-                        continue
-                    if member.name.endswith("/layer.tar"):
-                        chunks, media = layer_chunks(source, source.read(CHUNK))
-                        digest, size = registry.upload(repository, chunks)
-                        layers[member.name] = {"mediaType": media, "digest": digest, "size": size}
-                    elif member.name == "manifest.json":
-                        listed = json.loads(_small(source, member))
-                    elif "/" not in member.name and member.name.endswith(".json"):
-                        configs[member.name] = _small(source, member)
-            if len(listed) != 1 or listed[0].get("Config") not in configs:
-                raise BuildPlatformError(
-                    Reason.ENGINE, f"the engine saved {tag} without its manifest or config"
-                )
-            config = configs[listed[0]["Config"]]
-            descriptors = [layers[name] for name in listed[0].get("Layers") or []]
-            digest, size = registry.upload(repository, [config])
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": MANIFEST,
-                "config": {"mediaType": CONFIG, "digest": digest, "size": size},
-                "layers": descriptors,
-            }
-            return registry.put_manifest(repository, reference, json.dumps(manifest).encode(), MANIFEST)
+            saved = upload_saved(engine, tag, registry, repository, check=check)
+            digest, size = registry.upload(repository, [saved.config])
+            body = manifest({"mediaType": CONFIG, "digest": digest, "size": size}, saved.layers)
+            return registry.put_manifest(repository, reference, body, MANIFEST)
     except BadGateway as exc:
         raise BuildPlatformError(Reason.REGISTRY, f"pushing {tag}: {exc.message}") from None
-    except (KeyError, tarfile.TarError, ValueError) as exc:
-        raise BuildPlatformError(
-            Reason.ENGINE, f"the engine's save of {tag} could not be read: {exc}"
-        ) from None
 
 
 def _small(source, member: tarfile.TarInfo) -> bytes:

@@ -19,17 +19,21 @@ from typing import Any, BinaryIO, cast
 from rack import giturl, objects, releases
 from rack.builds.record import PHASES
 from rack.context import Rack
-from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
+from rack.errors import BadGateway, BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
 from rack.pipeline import dockerfile, folders, inputs, manifest, parallel, push
+from rack.pipeline import layers as direct_layers
+from rack.pipeline.direct import image as direct_image
+from rack.pipeline.direct import plan as direct_plan
 from rack.pipeline.engine import buildkit
-from rack.pipeline.engine.classic import Engine, drain
+from rack.pipeline.engine.classic import Engine, drain, split_image
 from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
 from rack.reasons import Reason
+from rack.registry import Registry
 from rack.scrub import scrub
-from rack.sources import tree, worktree
+from rack.sources import contents, tree, worktree
 from rack.sources.assemble import assemble
 from rack.sql import builds as sql
 
@@ -228,6 +232,7 @@ class BuildRun:
     previous: dict[str, dict[str, str]] = field(default_factory=dict)  # the app's last images: a cache
     tree: str = ""  # the source tree's digest, when the source named it (manifest://)
     inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
+    written: dict[str, direct_image.Made] = field(default_factory=dict)  # tags the rack wrote itself
     phases: Phases = field(init=False)
     held: ExitStack = field(default_factory=ExitStack)  # the app's folder, while held
     began: float = field(init=False)
@@ -280,6 +285,12 @@ class BuildRun:
             for service in services:
                 self.check()
                 tag = tags[service.name]
+                if not service.image and (made := self.written.get(built[service.build_key])):
+                    self.name_written(made, tag)
+                    self.images[service.name] = {"image": tag, "digest": made.digest}
+                    if self.entrypoint is None:
+                        self.entrypoint = made.entrypoint
+                    continue
                 with self.phases.timing("build"):
                     began = time.monotonic()
                     if service.image:
@@ -581,6 +592,8 @@ class BuildRun:
         say(f"Building: {service.name}")
         for name in dockerfile.withheld_args(declared, env):
             say(dockerfile.withheld_notice(name))
+        if self.write_directly(service, tag, text, args, context, path, say):
+            return
         drain(
             self.engine.build(
                 context=context,
@@ -596,6 +609,73 @@ class BuildRun:
             ),
             write,
         )
+
+    def write_directly(
+        self, service, tag: str, text: str, args: dict[str, str], context: Path, path: Path, say
+    ) -> bool:
+        """Write the image of a copy-only Dockerfile into the registry (pipeline/direct); False when
+        the engine must build it, saying why."""
+        if not self.rack.settings.direct_build:
+            return False
+        plan = direct_plan.read(text, args)
+        if isinstance(plan, str) and plan.startswith("it has "):
+            return False  # a Dockerfile that runs something: the engine's, as ever
+        if isinstance(plan, direct_plan.Plan):
+            ignores = [context / ".dockerignore", path.with_name(path.name + ".dockerignore")]
+            if any(p.exists() for p in ignores):
+                plan = "the context has a .dockerignore"
+        if isinstance(plan, direct_plan.Plan):
+            made = direct_image.make(
+                self.engine,
+                plan,
+                context,
+                tag=tag,
+                previous=(self.previous.get(service.name) or {}).get("image"),
+                hashes=self.context_hashes(context),
+                fresh=bool(self.options.get("no_cache")),
+                check=self.check,
+            )
+            if isinstance(made, direct_image.Made):
+                self.written[tag] = made
+                sent, total = made.sent / 1e6, made.total / 1e6
+                say(
+                    f"Wrote the image from its files, no engine build: {made.made} of "
+                    f"{made.made + made.reused} layers sent ({sent:.1f} MB of {total:.1f} MB)"
+                )
+                return True
+            plan = made
+        say(f"Building with the engine: {plan}")
+        return False
+
+    def context_hashes(self, context: Path) -> dict[str, tuple[str, int]]:
+        """The content digest and size of the tree's files by path in `context` ({} for other sources)."""
+        if not self.row["source_url"].startswith(tree.SCHEME):
+            return {}
+        try:
+            entries = contents.load_tree(self.rack, self.row["source_url"])
+        except RackError:
+            return {}
+        prefix = os.path.relpath(context, self.src)
+        prefix = "" if prefix == "." else prefix + "/"
+        return {
+            e.path.strip("/").removeprefix(prefix): (e.sha256, e.size)
+            for e in entries
+            if e.kind == "file" and e.path.strip("/").startswith(prefix)
+        }
+
+    def name_written(self, made: direct_image.Made, tag: str) -> None:
+        """Put a written image's manifest under another service's tag too."""
+        if tag in self.written:
+            return
+        repository, reference = split_image(tag)
+        try:
+            with Registry(self.rack.settings) as registry:
+                registry.put_manifest(
+                    repository.removeprefix(f"{self.rack.settings.registry}/"), reference, made.manifest,
+                    direct_layers.MANIFEST,
+                )  # fmt: skip
+        except BadGateway as exc:
+            raise BuildPlatformError(Reason.REGISTRY, f"tagging {tag}: {exc.message}") from None
 
     def cache_sources(self, service: str) -> list[str]:
         """Return the images a build of `service` may take layers from: the app's, not the worker's.

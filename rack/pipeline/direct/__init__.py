@@ -1,0 +1,1 @@
+"""Images of copy-only Dockerfiles, written by the rack into the registry without an engine build."""

@@ -1,0 +1,238 @@
+"""Write a copy-only Dockerfile's image (plan.py) straight into the registry, without the engine's build.
+
+The image is the base's layers, then for each `COPY` its parts (files.py), each a layer, and a
+`WORKDIR` folder's layer where one is made; its config is the base's with the steps' settings, as
+BuildKit writes them. A part's layer is named in the manifest by its key (`rack.part`, the digest of
+what it holds, with its uncompressed digest in `rack.diff_id`), so the next build of the service takes
+every part its previous image has under the same key as it is and sends only the others: a one-file
+change sends one part of a few MB. Nothing runs: no build step, no container (the base's paths are read
+from a container that is never started). With `--no-cache` every part is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rack.errors import BadGateway, BuildPlatformError
+from rack.pipeline import layers
+from rack.pipeline.direct import base as bases
+from rack.pipeline.direct import files
+from rack.pipeline.direct.plan import Plan, Setting, Workdir
+from rack.pipeline.engine.classic import Engine, split_image
+from rack.reasons import Reason
+from rack.registry import Registry
+
+PART = "rack.part"
+DIFF_ID = "rack.diff_id"
+MAX_LAYERS = 100  # Docker mounts at most about 125 layers: leave the rest to the engine
+
+
+@dataclass
+class Made:
+    """An image written to the registry."""
+
+    digest: str
+    manifest: bytes
+    entrypoint: str
+    made: int = 0  # layers sent
+    reused: int = 0  # layers taken from the previous image
+    sent: int = 0  # bytes sent
+    total: int = 0  # bytes of the image's layers
+
+
+@dataclass
+class _Layer:
+    members: list[files.Member]
+    history: str
+    workdir: str = ""  # the folder a WORKDIR made
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = files.key(self.members)
+
+
+def make(
+    engine: Engine,
+    plan: Plan,
+    context: Path,
+    *,
+    tag: str,
+    previous: str | None,
+    hashes: files.Hashes,
+    fresh: bool,
+    check: Callable[[], None],
+) -> Made | str:
+    """Write the image `tag` (`<registry>/<app>:<tag>`); return it, or why the engine must build it
+    (decided before anything is sent). `previous` is the service's previous image, whose parts are
+    reused unless `fresh`."""
+    settings = engine.settings
+    repository, reference = split_image(tag)
+    repository = repository.removeprefix(f"{settings.registry}/")
+    image_id = engine.find_image(plan.base)
+    if image_id is None:
+        return f"the base image {plan.base} is not on this worker"
+    described = bases.config(engine, image_id)
+    config = dict(described.get("Config") or {})
+    if config.get("OnBuild"):
+        return "its base image has ONBUILD steps"
+    if config.get("Shell") and any(isinstance(s, Setting) and s.shell for s in plan.steps):
+        return "its base image has another shell"
+    with bases.Base(engine, image_id) as base:
+        try:
+            planned = _layers(plan, context, files.Tree(base.member), hashes)
+        except files.Refused as exc:
+            return str(exc)
+    if len(described["RootFS"]["Layers"]) + len(planned) > MAX_LAYERS:
+        return f"it would make more than {MAX_LAYERS} layers"
+    try:
+        with Registry(settings) as registry:
+            earlier = (
+                registry.manifest(repository, split_image(previous)[1]) if previous and not fresh else None
+            )
+            return _write(engine, registry, repository, reference, image_id, planned, plan, earlier, check)
+    except BadGateway as exc:
+        raise BuildPlatformError(Reason.REGISTRY, f"writing {tag}: {exc.message}") from None
+
+
+def _layers(
+    plan: Plan, context: Path, tree: files.Tree, hashes: files.Hashes
+) -> list[_Layer | Setting | Workdir]:
+    """The steps in order: each copy's parts as layers, a made WORKDIR folder as one, settings as they are."""
+    out: list[_Layer | Setting | Workdir] = []
+    for step in plan.steps:
+        if isinstance(step, Setting):
+            out.append(step)
+        elif isinstance(step, Workdir):
+            made = files.chain(step.path, tree)
+            new = [m for m in made if m.path not in tree.own and tree.get(m.path) is None]
+            out.append(_Layer(made, step.text, step.path) if new else step)
+            tree.add(made)
+        else:
+            above, members = files.copy_members(step, context, tree, hashes)
+            folders = {m.path: m for m in members if m.kind == "dir"}
+            split = files.parts(members) or [[]]
+            for n, part in enumerate(split, 1):
+                shown = step.text if len(split) == 1 else f"{step.text} # part {n} of {len(split)}"
+                out.append(_Layer(files.layer(above, folders, part), shown))
+            tree.add([*above, *members])
+    return out
+
+
+def _write(
+    engine: Engine,
+    registry: Registry,
+    repository: str,
+    reference: str,
+    image_id: str,
+    planned: list,
+    plan: Plan,
+    earlier: dict | None,
+    check: Callable[[], None],
+) -> Made:
+    base_layers = bases.layers_from(earlier, image_id)
+    base_config = bases.config_blob(registry, repository, image_id) if base_layers else None
+    if base_layers is None or base_config is None:
+        base_layers, raw = bases.upload(engine, registry, repository, image_id, check)
+        base_config = json.loads(raw)
+    reusable = {
+        (d.get("annotations") or {}).get(PART): d
+        for d in (earlier or {}).get("layers") or []
+        if DIFF_ID in (d.get("annotations") or {})
+    }
+    made = Made(digest="", manifest=b"", entrypoint="")
+    descriptors = list(base_layers)
+    diff_ids = list(base_config["rootfs"]["diff_ids"])
+    history = list(base_config.get("history") or [])
+    config = dict(base_config.get("config") or {})
+    cmd_set = False
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for step in planned:
+        check()
+        if isinstance(step, _Layer):
+            found = reusable.get(step.key)
+            if found is None:
+                found = _send(registry, repository, step, check)
+                made.made += 1
+                made.sent += found["size"]
+            else:
+                made.reused += 1
+            made.total += found["size"]
+            descriptors.append(found)
+            diff_ids.append(found["annotations"][DIFF_ID])
+            history.append({"created": now, "created_by": step.history, "comment": "rack"})
+            if step.workdir:
+                config["WorkingDir"] = step.workdir
+            continue
+        history.append({"created": now, "created_by": step.text, "comment": "rack", "empty_layer": True})
+        if isinstance(step, Workdir):
+            config["WorkingDir"] = step.path
+        elif step.keyword in ("ENV", "LABEL"):
+            _set(config, step)
+        elif step.keyword == "USER":
+            config["User"] = step.value
+        elif step.keyword == "EXPOSE":
+            config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), **{p: {} for p in step.value}}
+        elif step.keyword == "CMD":
+            config["Cmd"], cmd_set = step.value, True
+        elif step.keyword == "ENTRYPOINT":
+            config["Entrypoint"] = step.value
+            if not cmd_set:
+                config["Cmd"] = None
+    body = {
+        "architecture": base_config.get("architecture", "amd64"),
+        "os": base_config.get("os", "linux"),
+        **({"variant": base_config["variant"]} if base_config.get("variant") else {}),
+        "created": now,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    }
+    raw_config = json.dumps(body).encode()
+    digest, size = registry.upload(repository, [raw_config])
+    manifest = layers.manifest({"mediaType": layers.CONFIG, "digest": digest, "size": size}, descriptors)
+    made.manifest = manifest
+    made.digest = registry.put_manifest(repository, reference, manifest, layers.MANIFEST)
+    made.entrypoint = shlex.join(config.get("Entrypoint") or [])
+    made.total += sum(d["size"] for d in base_layers)
+    return made
+
+
+def _set(config: dict, step: Setting) -> None:
+    if step.keyword == "LABEL":
+        config["Labels"] = {**(config.get("Labels") or {}), **dict(step.value)}
+        return
+    env = list(config.get("Env") or [])
+    for name, value in step.value:
+        names = [e.partition("=")[0] for e in env]
+        if name in names:  # replaced where it was, as BuildKit does
+            env[names.index(name)] = f"{name}={value}"
+        else:
+            env.append(f"{name}={value}")
+    config["Env"] = env
+
+
+def _send(registry: Registry, repository: str, step: _Layer, check: Callable[[], None]) -> dict:
+    """Send a layer (gzipped when it shrinks, as layers.py decides) and return its descriptor."""
+    plain = hashlib.sha256()
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in files.tar_stream(step.members, check):
+            plain.update(chunk)
+            yield chunk
+
+    source = layers.Chunks(hashed())
+    chunks, media = layers.layer_chunks(source, source.read(layers.CHUNK))
+    digest, size = registry.upload(repository, chunks)
+    diff_id = f"sha256:{plain.hexdigest()}"
+    return {
+        "mediaType": media,
+        "digest": digest,
+        "size": size,
+        "annotations": {PART: step.key, DIFF_ID: diff_id},
+    }

@@ -1,0 +1,167 @@
+"""Copy-only Dockerfiles on the real stack: the rack writes their images into the registry itself, file
+for file and setting for setting what BuildKit makes, and a one-file change sends one small layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from rack import apps
+from rack.builds import record as builds
+from rack.context import Rack
+from rack.pipeline import run as pipeline
+from tests.helpers import build_log, run_image, send_tree, write_app
+
+pytestmark = pytest.mark.docker
+
+MANIFEST = "services:\n  web:\n    build: .\n"
+CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Labels")
+WRITTEN = "Wrote the image from its files"
+
+
+@pytest.fixture
+def rrack(docker_stack, rack):
+    apps.create(rack, name="myapp")
+    return rack
+
+
+def source(root: Path, dockerfile: str) -> Path:
+    """An app with nested folders of several modes, an executable, a link and an empty folder."""
+    write_app(
+        root,
+        {"convox.yml": MANIFEST, "Dockerfile": dockerfile, "a.txt": "a\n", "lib/b.txt": "b\n",
+         "lib/deep/c.txt": "c\n", "bin/run": "#!/bin/sh\necho ran \"$@\"\n"},
+    )  # fmt: skip
+    (root / "bin" / "run").chmod(0o755)
+    (root / "lib" / "deep").chmod(0o700)
+    (root / "empty").mkdir()
+    os.symlink("a.txt", root / "link")
+    for n, path in enumerate(sorted(root.rglob("*"))):
+        os.utime(path, (1_600_000_000 + n, 1_600_000_000 + n), follow_symlinks=False)
+    return root
+
+
+def run(rack: Rack, folder: Path, **options) -> dict:
+    url, _ = send_tree(rack, "myapp", folder)
+    row = builds.create(rack, "myapp", url=url, **options)
+    done = pipeline.run_build(rack, row["id"], process="tests:1")
+    assert done is not None and done["status"] == "complete", done and done["reason"]
+    return done
+
+
+def filesystem(client, image: str) -> dict[str, tuple]:
+    """Every path of the image as a container sees it: type, mode, owner, size, link, content digest,
+    and a file's mtime (folders' are the build's time under BuildKit)."""
+    client.images.pull(image)
+    container = client.containers.create(image, command=["true"], network_mode="none")
+    try:
+        data = b"".join(container.export())
+    finally:
+        container.remove(force=True)
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar:
+            content = tar.extractfile(m).read() if m.isfile() else b""
+            out[m.name.rstrip("/")] = (
+                m.type, m.mode, m.uid, m.gid, m.size, m.linkname, hashlib.sha256(content).hexdigest(),
+                m.mtime if not m.isdir() else None,
+            )  # fmt: skip
+    return out
+
+
+def config(client, image: str) -> dict:
+    found = client.api.inspect_image(image)["Config"]
+    return {k: found.get(k) or None for k in CONFIG_FIELDS}
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        "FROM busybox\nCOPY . /app\n",
+        'FROM busybox\nWORKDIR /srv/app\nCOPY --chown=5:6 . .\nENV A=1 PATH=/x:/bin\nLABEL l="v w"\n'
+        'EXPOSE 8080 53/udp\nUSER 5\nCMD ["cat", "/srv/app/a.txt"]\n',
+        "FROM busybox\nCOPY a.txt lib /opt/x/\nCOPY bin/run /usr/local/bin/run\nENV B two words\n"
+        'ENTRYPOINT ["/usr/local/bin/run"]\nCMD echo $HOME\n',
+    ],
+    ids=["copy-all", "workdir-chown-settings", "files-and-entrypoint"],
+)
+def test_the_written_image_is_the_one_buildkit_makes(rrack, tmp_path, docker_stack, dockerfile):
+    folder = source(tmp_path / "myapp", dockerfile)
+    written = run(rrack, folder)
+    assert WRITTEN in build_log(rrack, written)
+    engine_rack = Rack(dataclasses.replace(rrack.settings, direct_build=False), enqueue_build=lambda _: None)
+    try:
+        built = run(engine_rack, folder, no_cache=True)
+    finally:
+        engine_rack.close()
+    assert WRITTEN not in build_log(rrack, built)
+    client = docker_stack.docker()
+    try:
+        mine, theirs = (r["images"]["web"]["image"] for r in (written, built))
+        assert mine != theirs
+        assert filesystem(client, mine) == filesystem(client, theirs)
+        assert config(client, mine) == config(client, theirs)
+        assert written["entrypoint"] == built["entrypoint"]
+        if "ENTRYPOINT" in dockerfile:
+            assert run_image(client, mine, "/usr/local/bin/run", "x") == "ran x\n"
+    finally:
+        client.close()
+
+
+def test_a_one_file_change_sends_one_small_layer(rrack, tmp_path, docker_stack):
+    folder = write_app(
+        tmp_path / "myapp", {"convox.yml": MANIFEST, "Dockerfile": "FROM busybox\nCOPY . /app\n"}
+    )
+    for n in range(200):
+        (folder / f"d{n % 5}").mkdir(exist_ok=True)
+        (folder / f"d{n % 5}" / f"f{n:03d}.bin").write_bytes(os.urandom(20_000))
+    first = run(rrack, folder)
+    line = next(x for x in build_log(rrack, first).splitlines() if x.startswith(WRITTEN))
+    made, total = (int(w) for w in line.split(": ", 1)[1].split()[0:3:2])
+    assert made == total >= 16  # every part of the copy sent
+    (folder / "d3" / "f003.bin").write_bytes(b"changed\n")
+    second = run(rrack, folder)
+    line = next(x for x in build_log(rrack, second).splitlines() if x.startswith(WRITTEN))
+    assert line.split(": ", 1)[1].startswith(f"1 of {total} layers sent"), line
+    sent, whole = (float(w) for w in line.split("(")[1].split()[0:4:3])
+    assert whole > 4 and sent < whole / 8  # MB: the one part holding the file, of a 4 MB copy
+    client = docker_stack.docker()
+    try:
+        image = second["images"]["web"]["image"]
+        assert run_image(client, image, "cat", "/app/d3/f003.bin") == "changed\n"
+        assert run_image(client, image, "sh", "-c", "ls /app/d* | grep -c bin") == "200\n"
+    finally:
+        client.close()
+    again = run(rrack, folder, no_cache=True)
+    line = next(x for x in build_log(rrack, again).splitlines() if x.startswith(WRITTEN))
+    assert line.split(": ", 1)[1].startswith(f"{total} of {total} layers sent"), line
+
+
+@pytest.mark.parametrize(
+    "dockerfile, files, reason",
+    [
+        ("FROM busybox\nCOPY . /app\n", {".dockerignore": "*.log\n"}, "the context has a .dockerignore"),
+        ("FROM busybox\nCOPY . /bin/\n", {}, "/bin is in the base image"),
+        ("FROM busybox\nCOPY missing /app/\n", {}, None),
+    ],
+)
+def test_what_the_rack_does_not_reproduce_is_left_to_the_engine(rrack, tmp_path, dockerfile, files, reason):
+    folder = write_app(
+        tmp_path / "myapp", {"convox.yml": MANIFEST, "Dockerfile": dockerfile, "a.txt": "a\n", **files}
+    )
+    url, _ = send_tree(rrack, "myapp", folder)
+    row = builds.create(rrack, "myapp", url=url)
+    done = pipeline.run_build(rrack, row["id"], process="tests:1")
+    log = build_log(rrack, done)
+    assert WRITTEN not in log
+    if reason is None:
+        assert done["status"] == "failed" and "missing" in done["reason"]
+    else:
+        assert done["status"] == "complete", done["reason"]
+        assert f"Building with the engine: {reason}" in log
