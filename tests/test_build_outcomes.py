@@ -67,7 +67,7 @@ def test_a_tree_deeper_than_the_limit_fails_at_once_and_leaves_no_folder(rack, w
 @pytest.mark.docker
 def test_a_tree_too_deep_for_the_engine_client_is_a_user_error_and_is_removed(rack, work, monkeypatch):
     # past the depth limit (raised here) the docker SDK's recursive walk of the context gives up
-    deep = dataclasses.replace(rack.settings, extract_max_depth=5000, builder="classic")
+    deep = dataclasses.replace(rack.settings, extract_max_depth=5000, builder="classic", direct_build=False)
     monkeypatch.setattr(rack, "settings", deep)
     row = run(rack, deep_tgz(1200))
     assert row["status"] == "failed"

@@ -38,7 +38,10 @@ def build(rack, app: str, folder) -> dict:
     return done
 
 
-def test_a_mostly_new_image_is_streamed_to_the_registry_and_pulls_back_whole(docker_stack, rack, tmp_path):
+def test_a_mostly_new_image_is_streamed_to_the_registry_and_pulls_back_whole(
+    docker_stack, rack, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(rack, "settings", replace(rack.settings, direct_build=False))  # the engine builds
     apps.create(rack, name="bigapp")
     folder = write_app(
         tmp_path / "bigapp",

@@ -67,10 +67,15 @@ def saved(engine: Engine, tag: str, check: Callable[[], None]) -> Iterator[bytes
             yield chunk
 
 
+def worth_gzip(first: bytes) -> bool:
+    """Tell whether a layer starting with `first` shrinks by a tenth at LEVEL (its first SAMPLE bytes)."""
+    return bool(first) and len(zlib.compress(first[:SAMPLE], LEVEL)) < GAIN * len(first[:SAMPLE])
+
+
 def layer_chunks(source, first: bytes) -> tuple[Iterator[bytes], str]:
     """The chunks to upload for a layer whose tar starts with `first` and goes on in `source`, and their
     media type: gzipped at LEVEL when the first bytes shrink by a tenth, else the tar itself."""
-    shrinks = bool(first) and len(zlib.compress(first[:SAMPLE], LEVEL)) < GAIN * len(first[:SAMPLE])
+    shrinks = worth_gzip(first)
 
     def plain() -> Iterator[bytes]:
         chunk = first
@@ -78,14 +83,16 @@ def layer_chunks(source, first: bytes) -> tuple[Iterator[bytes], str]:
             yield chunk
             chunk = source.read(CHUNK)
 
-    def gzipped() -> Iterator[bytes]:
-        gz = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)  # 31: with gzip's header and trailer
-        for chunk in plain():
-            if out := gz.compress(chunk):
-                yield out
-        yield gz.flush()
+    return (gzipped(plain()), GZIP) if shrinks else (plain(), TAR)
 
-    return (gzipped(), GZIP) if shrinks else (plain(), TAR)
+
+def gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks gzipped at LEVEL, as they come."""
+    gz = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)  # 31: with gzip's header and trailer
+    for chunk in chunks:
+        if out := gz.compress(chunk):
+            yield out
+    yield gz.flush()
 
 
 @dataclass

@@ -19,19 +19,17 @@ from typing import Any, BinaryIO, cast
 from rack import giturl, objects, releases
 from rack.builds.record import PHASES
 from rack.context import Rack
-from rack.errors import BadGateway, BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
+from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackError, Unavailable
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
 from rack.pipeline import dockerfile, folders, inputs, manifest, parallel, push
-from rack.pipeline import layers as direct_layers
 from rack.pipeline.direct import image as direct_image
 from rack.pipeline.direct import plan as direct_plan
 from rack.pipeline.engine import buildkit
-from rack.pipeline.engine.classic import Engine, drain, split_image
+from rack.pipeline.engine.classic import Engine, drain
 from rack.pipeline.source import clone_git, extract_tarball
 from rack.pipeline.watch import Watch
 from rack.reasons import Reason
-from rack.registry import Registry
 from rack.scrub import scrub
 from rack.sources import contents, tree, worktree
 from rack.sources.assemble import assemble
@@ -232,7 +230,7 @@ class BuildRun:
     previous: dict[str, dict[str, str]] = field(default_factory=dict)  # the app's last images: a cache
     tree: str = ""  # the source tree's digest, when the source named it (manifest://)
     inputs: str = ""  # the digest of everything the images are made from (pipeline/inputs.py)
-    written: dict[str, direct_image.Made] = field(default_factory=dict)  # tags the rack wrote itself
+    written: dict[str, direct_image.Prepared] = field(default_factory=dict)  # images the rack writes itself
     phases: Phases = field(init=False)
     held: ExitStack = field(default_factory=ExitStack)  # the app's folder, while held
     began: float = field(init=False)
@@ -285,11 +283,11 @@ class BuildRun:
             for service in services:
                 self.check()
                 tag = tags[service.name]
-                if not service.image and (made := self.written.get(built[service.build_key])):
-                    self.name_written(made, tag)
-                    self.images[service.name] = {"image": tag, "digest": made.digest}
+                written = None if service.image else self.written.get(built[service.build_key])
+                if written is not None:  # its push writes it
                     if self.entrypoint is None:
-                        self.entrypoint = made.entrypoint
+                        self.entrypoint = written.entrypoint
+                    pushes.submit(partial(self.write_image, service, tag, written, lock, spans))
                     continue
                 with self.phases.timing("build"):
                     began = time.monotonic()
@@ -332,6 +330,37 @@ class BuildRun:
         finally:
             if isinstance(write, parallel.Prefixed):
                 write.flush()
+            with lock:
+                spans.append((began, time.monotonic()))
+
+    def write_image(
+        self,
+        service,
+        tag: str,
+        written: direct_image.Prepared,
+        lock: threading.Lock,
+        spans: list[tuple[float, float]],
+    ) -> None:
+        """Write a planned image into the registry as a service's (its push) and record it."""
+        began = time.monotonic()
+        try:
+            made, wrote = written.write(
+                tag,
+                previous=(self.previous.get(service.name) or {}).get("image"),
+                fresh=bool(self.options.get("no_cache")),
+                check=self.check,
+            )
+            sent, total = made.sent / 1e6, made.total / 1e6
+            with lock:
+                if wrote:
+                    self.out.line(
+                        f"Wrote the image from its files, no engine build: {made.made} of "
+                        f"{made.made + made.reused} layers sent ({sent:.1f} MB of {total:.1f} MB)"
+                    )
+                else:
+                    self.out.line(f"Tagged the written image as {tag}")
+                self.images[service.name] = {"image": tag, "digest": made.digest}
+        finally:
             with lock:
                 spans.append((began, time.monotonic()))
 
@@ -613,8 +642,8 @@ class BuildRun:
     def write_directly(
         self, service, tag: str, text: str, args: dict[str, str], context: Path, path: Path, say
     ) -> bool:
-        """Write the image of a copy-only Dockerfile into the registry (pipeline/direct); False when
-        the engine must build it, saying why."""
+        """Plan the image of a copy-only Dockerfile, for its push to write it into the registry
+        (pipeline/direct); False when the engine must build it, saying why."""
         if not self.rack.settings.direct_build:
             return False
         plan = direct_plan.read(text, args)
@@ -625,25 +654,12 @@ class BuildRun:
             if any(p.exists() for p in ignores):
                 plan = "the context has a .dockerignore"
         if isinstance(plan, direct_plan.Plan):
-            made = direct_image.make(
-                self.engine,
-                plan,
-                context,
-                tag=tag,
-                previous=(self.previous.get(service.name) or {}).get("image"),
-                hashes=self.context_hashes(context),
-                fresh=bool(self.options.get("no_cache")),
-                check=self.check,
-            )
-            if isinstance(made, direct_image.Made):
-                self.written[tag] = made
-                sent, total = made.sent / 1e6, made.total / 1e6
-                say(
-                    f"Wrote the image from its files, no engine build: {made.made} of "
-                    f"{made.made + made.reused} layers sent ({sent:.1f} MB of {total:.1f} MB)"
-                )
+            prepared = direct_image.prepare(self.engine, plan, context, hashes=self.context_hashes(context))
+            if isinstance(prepared, direct_image.Prepared):
+                self.written[tag] = prepared
+                say(f"Planned the image from its files: {prepared.layer_count} layers, no engine build")
                 return True
-            plan = made
+            plan = prepared
         say(f"Building with the engine: {plan}")
         return False
 
@@ -662,20 +678,6 @@ class BuildRun:
             for e in entries
             if e.kind == "file" and e.path.strip("/").startswith(prefix)
         }
-
-    def name_written(self, made: direct_image.Made, tag: str) -> None:
-        """Put a written image's manifest under another service's tag too."""
-        if tag in self.written:
-            return
-        repository, reference = split_image(tag)
-        try:
-            with Registry(self.rack.settings) as registry:
-                registry.put_manifest(
-                    repository.removeprefix(f"{self.rack.settings.registry}/"), reference, made.manifest,
-                    direct_layers.MANIFEST,
-                )  # fmt: skip
-        except BadGateway as exc:
-            raise BuildPlatformError(Reason.REGISTRY, f"tagging {tag}: {exc.message}") from None
 
     def cache_sources(self, service: str) -> list[str]:
         """Return the images a build of `service` may take layers from: the app's, not the worker's.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ class Made:
 
     digest: str
     manifest: bytes
-    entrypoint: str
     made: int = 0  # layers sent
     reused: int = 0  # layers taken from the previous image
     sent: int = 0  # bytes sent
@@ -57,23 +57,58 @@ class _Layer:
         self.key = files.key(self.members)
 
 
-def make(
-    engine: Engine,
-    plan: Plan,
-    context: Path,
-    *,
-    tag: str,
-    previous: str | None,
-    hashes: files.Hashes,
-    fresh: bool,
-    check: Callable[[], None],
-) -> Made | str:
-    """Write the image `tag` (`<registry>/<app>:<tag>`); return it, or why the engine must build it
-    (decided before anything is sent). `previous` is the service's previous image, whose parts are
-    reused unless `fresh`."""
-    settings = engine.settings
-    repository, reference = split_image(tag)
-    repository = repository.removeprefix(f"{settings.registry}/")
+class Prepared:
+    """A written image's layers, planned from the context; `write` sends it (once, however many tags)."""
+
+    def __init__(self, engine: Engine, image_id: str, planned: list, entrypoint: list[str]) -> None:
+        self.engine = engine
+        self.image_id = image_id
+        self.planned = planned
+        self.entrypoint = shlex.join(entrypoint)  # as the engine's `entrypoint` gives it
+        self.made: Made | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def layer_count(self) -> int:
+        """The layers it makes above the base."""
+        return sum(isinstance(step, _Layer) for step in self.planned)
+
+    def write(
+        self, tag: str, *, previous: str | None, fresh: bool, check: Callable[[], None]
+    ) -> tuple[Made, bool]:
+        """Write the image as `tag` (`<registry>/<app>:<tag>`), or, once written, put it under `tag` too;
+        return it and whether this call wrote it. `previous` is the service's previous image, whose
+        parts are reused unless `fresh`."""
+        settings = self.engine.settings
+        repository, reference = split_image(tag)
+        repository = repository.removeprefix(f"{settings.registry}/")
+        with self._lock:
+            try:
+                with Registry(settings) as registry:
+                    if self.made is not None:
+                        registry.put_manifest(repository, reference, self.made.manifest, layers.MANIFEST)
+                        return self.made, False
+                    earlier = None
+                    if previous and not fresh:
+                        earlier = registry.manifest(repository, split_image(previous)[1])
+                    self.made = _write(
+                        self.engine,
+                        registry,
+                        repository,
+                        reference,
+                        self.image_id,
+                        self.planned,
+                        earlier,
+                        check,
+                    )
+                    return self.made, True
+            except BadGateway as exc:
+                raise BuildPlatformError(Reason.REGISTRY, f"writing {tag}: {exc.message}") from None
+
+
+def prepare(engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes) -> Prepared | str:
+    """Plan the image's layers from the context and the base image; or say why the engine must build it.
+    `hashes` names the content of context files (files.copy_members)."""
     image_id = engine.find_image(plan.base)
     if image_id is None:
         return f"the base image {plan.base} is not on this worker"
@@ -90,14 +125,11 @@ def make(
             return str(exc)
     if len(described["RootFS"]["Layers"]) + len(planned) > MAX_LAYERS:
         return f"it would make more than {MAX_LAYERS} layers"
-    try:
-        with Registry(settings) as registry:
-            earlier = (
-                registry.manifest(repository, split_image(previous)[1]) if previous and not fresh else None
-            )
-            return _write(engine, registry, repository, reference, image_id, planned, plan, earlier, check)
-    except BadGateway as exc:
-        raise BuildPlatformError(Reason.REGISTRY, f"writing {tag}: {exc.message}") from None
+    entrypoint = config.get("Entrypoint") or []
+    for step in plan.steps:
+        if isinstance(step, Setting) and step.keyword == "ENTRYPOINT":
+            entrypoint = step.value
+    return Prepared(engine, image_id, planned, entrypoint)
 
 
 def _layers(
@@ -131,7 +163,6 @@ def _write(
     reference: str,
     image_id: str,
     planned: list,
-    plan: Plan,
     earlier: dict | None,
     check: Callable[[], None],
 ) -> Made:
@@ -145,7 +176,7 @@ def _write(
         for d in (earlier or {}).get("layers") or []
         if DIFF_ID in (d.get("annotations") or {})
     }
-    made = Made(digest="", manifest=b"", entrypoint="")
+    made = Made(digest="", manifest=b"")
     descriptors = list(base_layers)
     diff_ids = list(base_config["rootfs"]["diff_ids"])
     history = list(base_config.get("history") or [])
@@ -198,7 +229,6 @@ def _write(
     manifest = layers.manifest({"mediaType": layers.CONFIG, "digest": digest, "size": size}, descriptors)
     made.manifest = manifest
     made.digest = registry.put_manifest(repository, reference, manifest, layers.MANIFEST)
-    made.entrypoint = shlex.join(config.get("Entrypoint") or [])
     made.total += sum(d["size"] for d in base_layers)
     return made
 
@@ -219,20 +249,28 @@ def _set(config: dict, step: Setting) -> None:
 
 def _send(registry: Registry, repository: str, step: _Layer, check: Callable[[], None]) -> dict:
     """Send a layer (gzipped when it shrinks, as layers.py decides) and return its descriptor."""
+    source = layers.Chunks(files.tar_stream(step.members, check))
+    first = source.read(layers.CHUNK)
+    if not layers.worth_gzip(first):  # the plain tar: its digest is its diff id
+        digest, size = registry.upload(repository, _from(first, source))
+        return _descriptor(layers.TAR, digest, size, step.key, digest)
     plain = hashlib.sha256()
 
     def hashed() -> Iterator[bytes]:
-        for chunk in files.tar_stream(step.members, check):
+        for chunk in _from(first, source):
             plain.update(chunk)
             yield chunk
 
-    source = layers.Chunks(hashed())
-    chunks, media = layers.layer_chunks(source, source.read(layers.CHUNK))
-    digest, size = registry.upload(repository, chunks)
-    diff_id = f"sha256:{plain.hexdigest()}"
-    return {
-        "mediaType": media,
-        "digest": digest,
-        "size": size,
-        "annotations": {PART: step.key, DIFF_ID: diff_id},
-    }
+    digest, size = registry.upload(repository, layers.gzipped(hashed()))
+    return _descriptor(layers.GZIP, digest, size, step.key, f"sha256:{plain.hexdigest()}")
+
+
+def _from(first: bytes, source: layers.Chunks) -> Iterator[bytes]:
+    chunk = first
+    while chunk:
+        yield chunk
+        chunk = source.read(layers.CHUNK)
+
+
+def _descriptor(media: str, digest: str, size: int, key: str, diff_id: str) -> dict:
+    return {"mediaType": media, "digest": digest, "size": size, "annotations": {PART: key, DIFF_ID: diff_id}}

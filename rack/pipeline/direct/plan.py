@@ -66,11 +66,11 @@ def read(text: str, args: Mapping[str, str]) -> Plan | str:
     if any(_is_directive(line) for line in text.splitlines()[:8]):
         return "it starts with a parser directive"
     images = dockerfile.base_images(text, args)
-    if images is None or len(images) != 1:
+    if images is None:
         return "its base image is not one image named in the text"
+    if len(images) != 1:
+        return "it starts from scratch" if not images else "it reads more than one image"
     plan = Plan(base=images[0])
-    if plan.base == "scratch":
-        return "it starts from scratch"
     froms = 0
     workdir = "/"
     for keyword, rest in dockerfile.instructions(text):
