@@ -16,13 +16,24 @@ from rack import apps
 from rack.builds import record as builds
 from rack.context import Rack
 from rack.pipeline import run as pipeline
-from tests.helpers import build_log, run_image, send_tree, write_app
+from tests.helpers import build, build_log, run_image, send_tree, write_app
 
 pytestmark = pytest.mark.docker
 
 MANIFEST = "services:\n  web:\n    build: .\n"
 CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Labels")
 WRITTEN = "Wrote the image from its files"
+# what the engine puts in every container it creates, stamped with that time
+MADE_BY_THE_ENGINE = {
+    ".dockerenv",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
+}
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def filesystem(client, image: str) -> dict[str, tuple]:
             content = tar.extractfile(m).read() if m.isfile() else b""
             out[m.name.rstrip("/")] = (
                 m.type, m.mode, m.uid, m.gid, m.size, m.linkname, hashlib.sha256(content).hexdigest(),
-                m.mtime if not m.isdir() else None,
+                m.mtime if not m.isdir() and m.name not in MADE_BY_THE_ENGINE else None,
             )  # fmt: skip
     return out
 
@@ -114,6 +125,36 @@ def test_the_written_image_is_the_one_buildkit_makes(rrack, tmp_path, docker_sta
         client.close()
 
 
+IGNORE = "*.log\nDockerfile\n.dockerignore\nlib/deep\n!lib/deep/c.txt\nempty\n"
+
+
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_dockerignore_leaves_out_what_the_engine_leaves_out(rrack, tmp_path, docker_stack, builder):
+    folder = source(tmp_path / "myapp", "FROM busybox\nCOPY . /app\n")
+    write_app(folder, {".dockerignore": IGNORE, "x.log": "log\n", "lib/deep/d.txt": "d\n"})
+    mine = Rack(dataclasses.replace(rrack.settings, builder=builder), enqueue_build=lambda _: None)
+    theirs = Rack(dataclasses.replace(mine.settings, direct_build=False), enqueue_build=lambda _: None)
+    try:  # the whole folder is sent (as a .tgz), so the rack reads .dockerignore as the engine does
+        written, built = (
+            build(mine, "myapp", folder, dockerignore=False),
+            build(theirs, "myapp", folder, dockerignore=False),
+        )
+    finally:
+        mine.close()
+        theirs.close()
+    assert written["status"] == built["status"] == "complete", (written["reason"], built["reason"])
+    assert WRITTEN in build_log(rrack, written) and WRITTEN not in build_log(rrack, built)
+    client = docker_stack.docker()
+    try:
+        seen = filesystem(client, written["images"]["web"]["image"])
+        assert seen == filesystem(client, built["images"]["web"]["image"])
+    finally:
+        client.close()
+    assert "app/lib/deep/c.txt" in seen and "app/a.txt" in seen
+    assert not {"app/x.log", "app/lib/deep/d.txt", "app/empty"} & set(seen)
+    assert ("app/Dockerfile" in seen) == (builder == "classic")
+
+
 def test_a_one_file_change_sends_one_small_layer(rrack, tmp_path, docker_stack):
     folder = write_app(
         tmp_path / "myapp", {"convox.yml": MANIFEST, "Dockerfile": "FROM busybox\nCOPY . /app\n"}
@@ -146,7 +187,11 @@ def test_a_one_file_change_sends_one_small_layer(rrack, tmp_path, docker_stack):
 @pytest.mark.parametrize(
     "dockerfile, files, reason",
     [
-        ("FROM busybox\nCOPY . /app\n", {".dockerignore": "*.log\n"}, "the context has a .dockerignore"),
+        (
+            "FROM busybox\nCOPY . /app\n",
+            {"Dockerfile.dockerignore": "*.log\n"},
+            "the Dockerfile has its own .dockerignore",
+        ),
         ("FROM busybox\nCOPY . /bin/\n", {}, "/bin is in the base image"),
         ("FROM busybox\nCOPY missing /app/\n", {}, None),
     ],

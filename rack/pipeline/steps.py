@@ -23,6 +23,7 @@ from rack.errors import BuildError, BuildPlatformError, BuildUserError, RackErro
 from rack.logs.masking import SECRET_NAME, Masker, secret_values
 from rack.logs.stream import BuildLog, LogWriter
 from rack.pipeline import dockerfile, folders, inputs, manifest, parallel, push
+from rack.pipeline.direct import ignore as direct_ignore
 from rack.pipeline.direct import image as direct_image
 from rack.pipeline.direct import plan as direct_plan
 from rack.pipeline.engine import buildkit
@@ -649,12 +650,21 @@ class BuildRun:
         plan = direct_plan.read(text, args)
         if isinstance(plan, str) and plan.startswith("it has "):
             return False  # a Dockerfile that runs something: the engine's, as ever
+        keep = None
         if isinstance(plan, direct_plan.Plan):
-            ignores = [context / ".dockerignore", path.with_name(path.name + ".dockerignore")]
-            if any(p.exists() for p in ignores):
-                plan = "the context has a .dockerignore"
+            if path.is_relative_to(context.resolve()):
+                dockerfile_name = path.relative_to(context.resolve()).as_posix()
+                rules = direct_ignore.rules(context, dockerfile_name, builder=self.engine.builder)
+            else:
+                rules = "its Dockerfile is outside the context"
+            if isinstance(rules, str):
+                plan = rules
+            else:
+                keep = rules
         if isinstance(plan, direct_plan.Plan):
-            prepared = direct_image.prepare(self.engine, plan, context, hashes=self.context_hashes(context))
+            prepared = direct_image.prepare(
+                self.engine, plan, context, hashes=self.context_hashes(context), keep=keep
+            )
             if isinstance(prepared, direct_image.Prepared):
                 self.written[tag] = prepared
                 say(f"Planned the image from its files: {prepared.layer_count} layers, no engine build")

@@ -98,12 +98,17 @@ def chain(path: str, tree: Tree, *, uid: int = 0, gid: int = 0) -> list[Member]:
 
 
 Hashes = Mapping[str, tuple[str, int]]  # a context file's sha256 and size, by relative path
+Keep = Callable[[str], bool] | None  # whether a context path is in the context (.dockerignore)
 
 
-def copy_members(copy: Copy, context: Path, tree: Tree, hashes: Hashes) -> tuple[list[Member], list[Member]]:
+def copy_members(
+    copy: Copy, context: Path, tree: Tree, hashes: Hashes, keep: Keep = None
+) -> tuple[list[Member], list[Member]]:
     """Return the folders down to the copy's destination and the members it writes, in path order.
 
-    `hashes` names the content of context files (one not there, or of another size, is read and
+    `keep` tells whether a context path (relative) is in the context, under `.dockerignore` rules; a
+    folder it leaves out is still there when something below it is kept, as the engine's context has
+    it. `hashes` names the content of context files (one not there, or of another size, is read and
     hashed). Refused for what the rack does not reproduce: a copy into a folder of the base image (what
     is below it is not known), or a file where the image has a folder.
     """
@@ -117,6 +122,8 @@ def copy_members(copy: Copy, context: Path, tree: Tree, hashes: Hashes) -> tuple
             st = host.lstat()
         except FileNotFoundError:
             raise Refused(f"the COPY source {source} is not in the context") from None
+        if keep is not None and source != "." and not keep(source) and not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"the COPY source {source} is left out by .dockerignore")
         if stat.S_ISLNK(st.st_mode) or not host.resolve().is_relative_to(root):
             raise Refused(f"the COPY source {source} is a link")
         if stat.S_ISDIR(st.st_mode):
@@ -124,7 +131,7 @@ def copy_members(copy: Copy, context: Path, tree: Tree, hashes: Hashes) -> tuple
                 raise Refused(f"/{dest} is in the base image: what the copy lands on is not known")
             for member in chain(dest, tree, uid=copy.uid, gid=copy.gid):
                 above.setdefault(member.path, member)
-            for member in _walk(host, root, dest, copy, hashes):
+            for member in _walk(host, root, dest, copy, hashes, keep):
                 there = tree.own.get(member.path)
                 if there is not None and (there.kind == "dir") != (member.kind == "dir"):
                     raise Refused(f"/{member.path} is a folder on one side only")
@@ -147,7 +154,10 @@ def copy_members(copy: Copy, context: Path, tree: Tree, hashes: Hashes) -> tuple
     ]
 
 
-def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes) -> Iterator[Member]:
+def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes, keep: Keep) -> list[Member]:
+    """The members under a copied folder, parents first; with `keep`, those it keeps and the folders
+    above them."""
+    out: list[tuple[Member, str]] = []
     stack = [(host, dest)]
     while stack:
         here, image = stack.pop()
@@ -158,15 +168,28 @@ def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes) -> Iter
             path = f"{image}/{entry.name}" if image else entry.name
             relative = os.path.relpath(entry.path, root)
             if stat.S_ISDIR(st.st_mode):
-                yield Member(path, "dir", stat.S_IMODE(st.st_mode), copy.uid, copy.gid)
+                out.append((Member(path, "dir", stat.S_IMODE(st.st_mode), copy.uid, copy.gid), relative))
                 stack.append((Path(entry.path), path))
+            elif keep is not None and not keep(relative):
+                continue
             elif stat.S_ISREG(st.st_mode):
-                yield _file(path, Path(entry.path), st, relative, copy, hashes)
+                out.append((_file(path, Path(entry.path), st, relative, copy, hashes), relative))
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
-                yield Member(path, "link", 0o777, copy.uid, copy.gid, int(st.st_mtime), link=target)
+                link = Member(path, "link", 0o777, copy.uid, copy.gid, int(st.st_mtime), link=target)
+                out.append((link, relative))
             else:
                 raise Refused(f"{relative} is not a file, folder or link")
+    if keep is None:
+        return [m for m, _ in out]
+    held: set[str] = set()  # folders with something kept below them
+    for member, _ in out:
+        if member.kind != "dir":
+            parent = member.path.rpartition("/")[0]
+            while parent not in held and parent != dest and parent:
+                held.add(parent)
+                parent = parent.rpartition("/")[0]
+    return [m for m, rel in out if m.kind != "dir" or m.path in held or keep(rel)]
 
 
 def _file(path: str, host: Path, st: os.stat_result, relative: str, copy: Copy, hashes: Hashes) -> Member:

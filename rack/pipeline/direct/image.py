@@ -106,9 +106,12 @@ class Prepared:
                 raise BuildPlatformError(Reason.REGISTRY, f"writing {tag}: {exc.message}") from None
 
 
-def prepare(engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes) -> Prepared | str:
+def prepare(
+    engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes, keep: files.Keep = None
+) -> Prepared | str:
     """Plan the image's layers from the context and the base image; or say why the engine must build it.
-    `hashes` names the content of context files (files.copy_members)."""
+    `hashes` names the content of context files, `keep` what `.dockerignore` leaves in it
+    (files.copy_members)."""
     image_id = engine.find_image(plan.base)
     if image_id is None:
         return f"the base image {plan.base} is not on this worker"
@@ -120,7 +123,7 @@ def prepare(engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes) 
         return "its base image has another shell"
     with bases.Base(engine, image_id) as base:
         try:
-            planned = _layers(plan, context, files.Tree(base.member), hashes)
+            planned = _layers(plan, context, files.Tree(base.member), hashes, keep)
         except files.Refused as exc:
             return str(exc)
     if len(described["RootFS"]["Layers"]) + len(planned) > MAX_LAYERS:
@@ -133,7 +136,7 @@ def prepare(engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes) 
 
 
 def _layers(
-    plan: Plan, context: Path, tree: files.Tree, hashes: files.Hashes
+    plan: Plan, context: Path, tree: files.Tree, hashes: files.Hashes, keep: files.Keep
 ) -> list[_Layer | Setting | Workdir]:
     """The steps in order: each copy's parts as layers, a made WORKDIR folder as one, settings as they are."""
     out: list[_Layer | Setting | Workdir] = []
@@ -146,7 +149,7 @@ def _layers(
             out.append(_Layer(made, step.text, step.path) if new else step)
             tree.add(made)
         else:
-            above, members = files.copy_members(step, context, tree, hashes)
+            above, members = files.copy_members(step, context, tree, hashes, keep)
             folders = {m.path: m for m in members if m.kind == "dir"}
             split = files.parts(members) or [[]]
             for n, part in enumerate(split, 1):
