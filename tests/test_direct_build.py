@@ -15,7 +15,14 @@ import pytest
 from rack import apps
 from rack.builds import record as builds
 from rack.context import Rack
+from rack.errors import BuildError, BuildPlatformError
 from rack.pipeline import run as pipeline
+from rack.pipeline.direct.image import Prepared, prepare
+from rack.pipeline.direct.plan import Plan
+from rack.pipeline.direct.plan import read as read_plan
+from rack.pipeline.engine.classic import Engine
+from rack.reasons import Reason
+from rack.registry import Registry
 from tests.helpers import build, build_log, run_image, send_tree, write_app
 
 pytestmark = pytest.mark.docker
@@ -210,3 +217,42 @@ def test_what_the_rack_does_not_reproduce_is_left_to_the_engine(rrack, tmp_path,
     else:
         assert done["status"] == "complete", done["reason"]
         assert f"Building with the engine: {reason}" in log
+
+
+def test_a_cancel_mid_write_or_a_refusing_registry_leaves_no_tag(rrack, tmp_path):
+    folder = source(tmp_path / "myapp", "FROM busybox\nCOPY . /app\n")
+    for n in range(40):
+        (folder / f"f{n:02d}.bin").write_bytes(os.urandom(50_000))
+    plan = read_plan("FROM busybox\nCOPY . /app\n", {})
+    assert isinstance(plan, Plan)
+    engine = Engine(rrack.settings)
+    try:
+        prepared = prepare(engine, plan, folder, hashes={})
+        assert isinstance(prepared, Prepared) and prepared.layer_count >= 16
+        calls = []
+
+        def cancel_on_the_tenth_file() -> None:
+            calls.append(1)
+            if len(calls) == 10:
+                raise BuildPlatformError(Reason.CANCELLED, "cancelled while writing")
+
+        tag = f"{rrack.settings.registry}/cutapp:web.cut"  # a repository of its own
+        with pytest.raises(BuildError, match="cancelled while writing"):
+            prepared.write(tag, previous=None, fresh=False, check=cancel_on_the_tenth_file)
+        refused = Engine(dataclasses.replace(rrack.settings, registry_password="not-the-password"))
+        try:
+            again = prepare(refused, plan, folder, hashes={})
+            assert isinstance(again, Prepared)
+            with pytest.raises(BuildPlatformError, match="HTTP 401") as failed:
+                again.write(tag, previous=None, fresh=False, check=lambda: None)
+            assert failed.value.code == Reason.REGISTRY
+        finally:
+            refused.close()
+        with Registry(rrack.settings) as registry:
+            assert registry.tags("cutapp") == []
+        made, wrote = prepared.write(tag, previous=None, fresh=False, check=lambda: None)
+        assert wrote and made.made == prepared.layer_count
+        with Registry(rrack.settings) as registry:
+            assert registry.tags("cutapp") == ["web.cut"]
+    finally:
+        engine.close()
