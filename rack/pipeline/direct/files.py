@@ -252,7 +252,8 @@ def tar_stream(members: list[Member], check: Callable[[], None]) -> Iterator[byt
         if member.kind == "file":
             check()
             left = member.size
-            with open(member.source, "rb") as f:
+            fd = os.open(member.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never a link out
+            with open(fd, "rb") as f:
                 while left:
                     chunk = f.read(min(READ, left))
                     if not chunk:

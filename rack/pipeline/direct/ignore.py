@@ -22,9 +22,9 @@ def rules(context: Path, dockerfile: str, *, builder: str) -> Keep | str:
     path = context / ".dockerignore"
     if (context / f"{dockerfile}.dockerignore").exists():
         return "the Dockerfile has its own .dockerignore"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
-    if not path.is_file() or path.stat().st_size > MAX_BYTES:
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_BYTES:
         return "its .dockerignore is not a small file"
     try:
         text = path.read_text("utf-8")

@@ -121,6 +121,12 @@ def prepare(
         return "its base image has ONBUILD steps"
     if config.get("Shell") and any(isinstance(s, Setting) and s.shell for s in plan.steps):
         return "its base image has another shell"
+    user = config.get("User") or ""
+    for step in plan.steps:
+        if isinstance(step, Setting) and step.keyword == "USER":
+            user = step.value
+        elif isinstance(step, Workdir) and user not in ("", "root", "0", "0:0"):
+            return "a WORKDIR comes under a USER"  # who owns the folder it makes: the engine decides
     with bases.Base(engine, image_id) as base:
         try:
             planned = _layers(plan, context, files.Tree(base.member), hashes, keep)
