@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rack.errors import BadGateway, BuildPlatformError
-from rack.pipeline import layers
+from rack.pipeline import layers, parallel
 from rack.pipeline.direct import base as bases
 from rack.pipeline.direct import files
 from rack.pipeline.direct.plan import Plan, Setting, Workdir
@@ -31,6 +32,7 @@ from rack.registry import Registry
 
 PART = "rack.part"
 DIFF_ID = "rack.diff_id"
+SENDING = 2  # layers sent at a time
 MAX_LAYERS = 100  # Docker mounts at most about 125 layers: leave the rest to the engine
 
 
@@ -186,6 +188,11 @@ def _write(
         if DIFF_ID in (d.get("annotations") or {})
     }
     made = Made(digest="", manifest=b"")
+    sent = _send_all(
+        engine, repository, [s for s in planned if isinstance(s, _Layer) and s.key not in reusable], check
+    )
+    made.made, made.sent = len(sent), sum(d["size"] for d in sent.values())
+    made.reused = sum(isinstance(s, _Layer) for s in planned) - made.made
     descriptors = list(base_layers)
     diff_ids = list(base_config["rootfs"]["diff_ids"])
     history = list(base_config.get("history") or [])
@@ -195,13 +202,7 @@ def _write(
     for step in planned:
         check()
         if isinstance(step, _Layer):
-            found = reusable.get(step.key)
-            if found is None:
-                found = _send(registry, repository, step, check)
-                made.made += 1
-                made.sent += found["size"]
-            else:
-                made.reused += 1
+            found = reusable.get(step.key) or sent[step.key]
             made.total += found["size"]
             descriptors.append(found)
             diff_ids.append(found["annotations"][DIFF_ID])
@@ -254,6 +255,28 @@ def _set(config: dict, step: Setting) -> None:
         else:
             env.append(f"{name}={value}")
     config["Env"] = env
+
+
+def _send_all(
+    engine: Engine, repository: str, steps: list[_Layer], check: Callable[[], None]
+) -> dict[str, dict]:
+    """Send these layers, SENDING at a time (the registry takes each on a core of its own); return their
+    descriptors by key. The first failure stops the others."""
+    sent: dict[str, dict] = {}
+    stopped = threading.Event()
+
+    def checked() -> None:
+        check()
+        if stopped.is_set():
+            raise BuildPlatformError(Reason.INTERNAL, "stopped: another layer failed")
+
+    def job(step: _Layer) -> None:
+        with Registry(engine.settings) as registry:
+            sent[step.key] = _send(registry, repository, step, checked)
+
+    unique = list({s.key: s for s in steps}.values())
+    parallel.side_by_side([partial(job, s) for s in unique], limit=SENDING, stop=stopped.set)
+    return sent
 
 
 def _send(registry: Registry, repository: str, step: _Layer, check: Callable[[], None]) -> dict:
