@@ -15,7 +15,9 @@ the other's writeback. For each scenario, side by side:
   no incrementality at all.
 Prints each scenario's medians, the ratio rack/floor and the issue's goal for it, then the last round's
 parts: the CLI's (hashing, uploading, starting the build) with the worker's phases, and the floor's
-(tar, upload, build, push). `RACK_FAST_PUSH=false` in the environment gives the rack's worker the
+(tar, upload, build, push). This app's Dockerfile only copies files, so the rack's worker writes its
+image itself (pipeline/direct) and a one-file change sends one part of the copy; `RACK_DIRECT_BUILD=false`
+in the environment has the engine build it instead, and `RACK_FAST_PUSH=false` gives the worker the
 engine's own push.
 """
 
