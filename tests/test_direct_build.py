@@ -201,6 +201,7 @@ def test_a_one_file_change_sends_one_small_layer(rrack, tmp_path, docker_stack):
         ),
         ("FROM busybox\nCOPY . /bin/\n", {}, "/bin is in the base image"),
         ("FROM busybox\nUSER 5\nWORKDIR /w\nCOPY . .\n", {}, "a WORKDIR comes under a USER"),
+        ("FROM busybox\nWORKDIR /usr\nCOPY . .\n", {}, "/usr is in the base image"),
         ("FROM busybox\nCOPY missing /app/\n", {}, None),
     ],
 )

@@ -57,17 +57,22 @@ class Member:
 
 
 class Tree:
-    """What the image holds so far: what earlier steps wrote (all of it) over the base (asked about)."""
+    """What the image holds so far: the paths earlier steps made (all of them) over the base's (asked
+    about one at a time)."""
 
     def __init__(self, base: Callable[[str], Member | None]) -> None:
         self.base = base  # the base image's member at a path, or None
-        self.own: dict[str, Member] = {}
+        self.own: dict[str, Member] = {}  # paths the base does not have
 
     def get(self, path: str) -> Member | None:
         return self.own.get(path) or self.base(path)
 
     def add(self, members: list[Member]) -> None:
-        self.own.update((m.path, m) for m in members)
+        """Take in what a step wrote (parents first); what it wrote over the base's stays the base's."""
+        for member in members:
+            parent = member.path.rpartition("/")[0]
+            if member.path in self.own or parent in self.own or self.base(member.path) is None:
+                self.own[member.path] = member
 
 
 class Refused(Exception):
@@ -127,7 +132,7 @@ def copy_members(
         if stat.S_ISLNK(st.st_mode) or not host.resolve().is_relative_to(root):
             raise Refused(f"the COPY source {source} is a link")
         if stat.S_ISDIR(st.st_mode):
-            if not dest or (tree.base(dest) is not None and dest not in tree.own):
+            if not dest or tree.base(dest) is not None:
                 raise Refused(f"/{dest} is in the base image: what the copy lands on is not known")
             for member in chain(dest, tree, uid=copy.uid, gid=copy.gid):
                 above.setdefault(member.path, member)
