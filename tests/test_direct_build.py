@@ -221,7 +221,7 @@ def test_what_the_rack_does_not_reproduce_is_left_to_the_engine(rrack, tmp_path,
         assert f"Building with the engine: {reason}" in log
 
 
-def test_a_cancel_mid_write_or_a_refusing_registry_leaves_no_tag(rrack, tmp_path):
+def test_a_cancel_while_planning_or_writing_or_a_refusing_registry_leaves_no_tag(rrack, tmp_path):
     folder = source(tmp_path / "myapp", "FROM busybox\nCOPY . /app\n")
     for n in range(40):
         (folder / f"f{n:02d}.bin").write_bytes(os.urandom(50_000))
@@ -229,6 +229,12 @@ def test_a_cancel_mid_write_or_a_refusing_registry_leaves_no_tag(rrack, tmp_path
     assert isinstance(plan, Plan)
     engine = Engine(rrack.settings)
     try:
+
+        def cancelled() -> None:
+            raise BuildPlatformError(Reason.CANCELLED, "cancelled while reading")
+
+        with pytest.raises(BuildError, match="cancelled while reading"):  # files no tree names are read
+            prepare(engine, plan, folder, hashes={}, check=cancelled)
         prepared = prepare(engine, plan, folder, hashes={})
         assert isinstance(prepared, Prepared) and prepared.layer_count >= 16
         calls = []

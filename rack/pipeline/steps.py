@@ -663,7 +663,7 @@ class BuildRun:
                 keep = rules
         if isinstance(plan, direct_plan.Plan):
             prepared = direct_image.prepare(
-                self.engine, plan, context, hashes=self.context_hashes(context), keep=keep
+                self.engine, plan, context, hashes=self.context_hashes(context), keep=keep, check=self.check
             )
             if isinstance(prepared, direct_image.Prepared):
                 self.written[tag] = prepared

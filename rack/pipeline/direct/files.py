@@ -104,10 +104,11 @@ def chain(path: str, tree: Tree, *, uid: int = 0, gid: int = 0) -> list[Member]:
 
 Hashes = Mapping[str, tuple[str, int]]  # a context file's sha256 and size, by relative path
 Keep = Callable[[str], bool] | None  # whether a context path is in the context (.dockerignore)
+Check = Callable[[], None]  # raises when the build must stop
 
 
 def copy_members(
-    copy: Copy, context: Path, tree: Tree, hashes: Hashes, keep: Keep = None
+    copy: Copy, context: Path, tree: Tree, hashes: Hashes, keep: Keep = None, check: Check = lambda: None
 ) -> tuple[list[Member], list[Member]]:
     """Return the folders down to the copy's destination and the members it writes, in path order.
 
@@ -136,7 +137,7 @@ def copy_members(
                 raise Refused(f"/{dest} is in the base image: what the copy lands on is not known")
             for member in chain(dest, tree, uid=copy.uid, gid=copy.gid):
                 above.setdefault(member.path, member)
-            for member in _walk(host, root, dest, copy, hashes, keep):
+            for member in _walk(host, root, dest, copy, hashes, keep, check):
                 there = tree.own.get(member.path)
                 if there is not None and (there.kind == "dir") != (member.kind == "dir"):
                     raise Refused(f"/{member.path} is a folder on one side only")
@@ -151,7 +152,7 @@ def copy_members(
             there = tree.get(name)
             if there is not None and there.kind != "file":
                 raise Refused(f"/{name} is a folder or a link in the image")
-            members[name] = _file(name, host, st, source, copy, hashes)
+            members[name] = _file(name, host, st, source, copy, hashes, check)
         else:
             raise Refused(f"the COPY source {source} is not a file, folder or link")
     return sorted(above.values(), key=lambda m: m.path), [
@@ -159,7 +160,9 @@ def copy_members(
     ]
 
 
-def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes, keep: Keep) -> list[Member]:
+def _walk(
+    host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes, keep: Keep, check: Check
+) -> list[Member]:
     """The members under a copied folder, parents first; with `keep`, those it keeps and the folders
     above them."""
     out: list[tuple[Member, str]] = []
@@ -178,7 +181,7 @@ def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes, keep: K
             elif keep is not None and not keep(relative):
                 continue
             elif stat.S_ISREG(st.st_mode):
-                out.append((_file(path, Path(entry.path), st, relative, copy, hashes), relative))
+                out.append((_file(path, Path(entry.path), st, relative, copy, hashes, check), relative))
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
                 link = Member(path, "link", 0o777, copy.uid, copy.gid, int(st.st_mtime), link=target)
@@ -197,9 +200,12 @@ def _walk(host: Path, root: Path, dest: str, copy: Copy, hashes: Hashes, keep: K
     return [m for m, rel in out if m.kind != "dir" or m.path in held or keep(rel)]
 
 
-def _file(path: str, host: Path, st: os.stat_result, relative: str, copy: Copy, hashes: Hashes) -> Member:
+def _file(
+    path: str, host: Path, st: os.stat_result, relative: str, copy: Copy, hashes: Hashes, check: Check
+) -> Member:
     digest, size = hashes.get(relative, ("", -1))
-    if size != st.st_size:
+    if size != st.st_size:  # not named by the tree: read (a cancel or the deadline stops it here)
+        check()
         digest = _hash(host)
     return Member(
         path, "file", stat.S_IMODE(st.st_mode), copy.uid, copy.gid, int(st.st_mtime), st.st_size,

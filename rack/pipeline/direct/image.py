@@ -109,7 +109,13 @@ class Prepared:
 
 
 def prepare(
-    engine: Engine, plan: Plan, context: Path, *, hashes: files.Hashes, keep: files.Keep = None
+    engine: Engine,
+    plan: Plan,
+    context: Path,
+    *,
+    hashes: files.Hashes,
+    keep: files.Keep = None,
+    check: files.Check = lambda: None,
 ) -> Prepared | str:
     """Plan the image's layers from the context and the base image; or say why the engine must build it.
     `hashes` names the content of context files, `keep` what `.dockerignore` leaves in it
@@ -131,7 +137,7 @@ def prepare(
             return "a WORKDIR comes under a USER"  # who owns the folder it makes: the engine decides
     with bases.Base(engine, image_id) as base:
         try:
-            planned = _layers(plan, context, files.Tree(base.member), hashes, keep)
+            planned = _layers(plan, context, files.Tree(base.member), hashes, keep, check)
         except files.Refused as exc:
             return str(exc)
     if len(described["RootFS"]["Layers"]) + len(planned) > MAX_LAYERS:
@@ -144,7 +150,7 @@ def prepare(
 
 
 def _layers(
-    plan: Plan, context: Path, tree: files.Tree, hashes: files.Hashes, keep: files.Keep
+    plan: Plan, context: Path, tree: files.Tree, hashes: files.Hashes, keep: files.Keep, check: files.Check
 ) -> list[_Layer | Setting | Workdir]:
     """The steps in order: each copy's parts as layers, a made WORKDIR folder as one, settings as they are."""
     out: list[_Layer | Setting | Workdir] = []
@@ -157,7 +163,7 @@ def _layers(
             out.append(_Layer(made, step.text, step.path) if new else step)
             tree.add(made)
         else:
-            above, members = files.copy_members(step, context, tree, hashes, keep)
+            above, members = files.copy_members(step, context, tree, hashes, keep, check)
             folders = {m.path: m for m in members if m.kind == "dir"}
             split = files.parts(members) or [[]]
             for n, part in enumerate(split, 1):
