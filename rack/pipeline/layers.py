@@ -137,10 +137,10 @@ def upload_saved(
         ) from None
 
 
-def manifest(config: dict, layers: list[dict], **fields) -> bytes:
+def manifest(config: dict, layers: list[dict]) -> bytes:
     """An OCI image manifest over a config's and layers' descriptors."""
     return json.dumps(
-        {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers, **fields}
+        {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": layers}
     ).encode()
 
 
@@ -151,9 +151,9 @@ def push(engine: Engine, tag: str, *, check: Callable[[], None]) -> str:
     repository = repository.removeprefix(f"{settings.registry}/")
     try:
         with Registry(settings) as registry:
-            saved = upload_saved(engine, tag, registry, repository, check=check)
-            digest, size = registry.upload(repository, [saved.config])
-            body = manifest({"mediaType": CONFIG, "digest": digest, "size": size}, saved.layers)
+            sent = upload_saved(engine, tag, registry, repository, check=check)
+            digest, size = registry.upload(repository, [sent.config])
+            body = manifest({"mediaType": CONFIG, "digest": digest, "size": size}, sent.layers)
             return registry.put_manifest(repository, reference, body, MANIFEST)
     except BadGateway as exc:
         raise BuildPlatformError(Reason.REGISTRY, f"pushing {tag}: {exc.message}") from None

@@ -92,7 +92,7 @@ class Base:
 
 
 def config(engine: Engine, image_id: str) -> dict:
-    """The engine's description of the base: its config, and whether it would need more than files."""
+    """The engine's description of the base (`docker image inspect`): its config and its layers."""
     with engine_errors("inspecting the base image"):
         return engine.api.inspect_image(image_id)
 
