@@ -1,5 +1,6 @@
 """Copy-only Dockerfiles on the real stack: the rack writes their images into the registry itself, file
-for file and setting for setting what BuildKit makes, and a one-file change sends one small layer."""
+for file and setting for setting what BuildKit and the classic builder make, and a one-file change sends
+one small layer."""
 
 from __future__ import annotations
 
@@ -109,11 +110,13 @@ def config(client, image: str) -> dict:
     ],
     ids=["copy-all", "workdir-chown-settings", "files-and-entrypoint"],
 )
-def test_the_written_image_is_the_one_buildkit_makes(rrack, tmp_path, docker_stack, dockerfile):
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_the_written_image_is_the_one_the_engine_makes(rrack, tmp_path, docker_stack, dockerfile, builder):
     folder = source(tmp_path / "myapp", dockerfile)
     written = run(rrack, folder)
     assert WRITTEN in build_log(rrack, written)
-    engine_rack = Rack(dataclasses.replace(rrack.settings, direct_build=False), enqueue_build=lambda _: None)
+    engine_settings = dataclasses.replace(rrack.settings, direct_build=False, builder=builder)
+    engine_rack = Rack(engine_settings, enqueue_build=lambda _: None)
     try:
         built = run(engine_rack, folder, no_cache=True)
     finally:
