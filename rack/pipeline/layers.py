@@ -75,15 +75,16 @@ def worth_gzip(first: bytes) -> bool:
 def layer_chunks(source, first: bytes) -> tuple[Iterator[bytes], str]:
     """The chunks to upload for a layer whose tar starts with `first` and goes on in `source`, and their
     media type: gzipped at LEVEL when the first bytes shrink by a tenth, else the tar itself."""
-    shrinks = worth_gzip(first)
+    plain = resumed(first, source)
+    return (gzipped(plain), GZIP) if worth_gzip(first) else (plain, TAR)
 
-    def plain() -> Iterator[bytes]:
-        chunk = first
-        while chunk:
-            yield chunk
-            chunk = source.read(CHUNK)
 
-    return (gzipped(plain()), GZIP) if shrinks else (plain(), TAR)
+def resumed(first: bytes, source) -> Iterator[bytes]:
+    """`first`, then the rest of `source` CHUNK bytes at a time."""
+    chunk = first
+    while chunk:
+        yield chunk
+        chunk = source.read(CHUNK)
 
 
 def gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -290,24 +290,17 @@ def _send(registry: Registry, repository: str, step: _Layer, check: Callable[[],
     source = layers.Chunks(files.tar_stream(step.members, check))
     first = source.read(layers.CHUNK)
     if not layers.worth_gzip(first):  # the plain tar: its digest is its diff id
-        digest, size = registry.upload(repository, _from(first, source))
+        digest, size = registry.upload(repository, layers.resumed(first, source))
         return _descriptor(layers.TAR, digest, size, step.key, digest)
     plain = hashlib.sha256()
 
     def hashed() -> Iterator[bytes]:
-        for chunk in _from(first, source):
+        for chunk in layers.resumed(first, source):
             plain.update(chunk)
             yield chunk
 
     digest, size = registry.upload(repository, layers.gzipped(hashed()))
     return _descriptor(layers.GZIP, digest, size, step.key, f"sha256:{plain.hexdigest()}")
-
-
-def _from(first: bytes, source: layers.Chunks) -> Iterator[bytes]:
-    chunk = first
-    while chunk:
-        yield chunk
-        chunk = source.read(layers.CHUNK)
 
 
 def _descriptor(media: str, digest: str, size: int, key: str, diff_id: str) -> dict:
